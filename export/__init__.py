@@ -1,0 +1,1 @@
+"""Export: SavedModel and TFLite translators. Installed as `keras_transformer.export`."""

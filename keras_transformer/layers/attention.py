@@ -1,0 +1,159 @@
+"""Scaled dot-product attention (§3.2.1, eq. 1) and multi-head attention (§3.2.2).
+
+Weights use the layout of `keras.layers.MultiHeadAttention` (query/key/value kernels
+`[d_in, heads, head_dim]`, output kernel `[heads, head_dim, d_out]`), so weights move
+between the two layers with `set_weights(get_weights())`.
+
+For incremental decoding, `step` writes the current token's key and value into a
+preallocated cache `[batch, heads, max_length, head_dim]` at a given index instead of
+concatenating: shapes stay static, which XLA and TFLite builtins require.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_transformer.masks import combine_masks
+
+# Added to the logits of masked keys. Finite, so a row whose keys are all masked
+# becomes a uniform distribution instead of NaN.
+_MASKED_LOGIT = -1e9
+
+
+def scaled_dot_product_attention(query, key, value, mask=None, dropout=None, training=None):
+    """softmax(QKᵀ/√d_k)V over `[batch, heads, length, head_dim]` tensors.
+
+    `mask` is boolean, broadcastable to `[batch, heads, q_len, k_len]`, True = attend.
+    The softmax runs in float32 whatever the compute dtype, so bfloat16 logits of
+    nearby values do not collapse. Returns `(output, weights)`.
+    """
+    depth = ops.shape(query)[-1]
+    query = query * ops.cast(1.0 / math.sqrt(depth), query.dtype)
+    logits = ops.cast(ops.einsum("bhqd,bhkd->bhqk", query, key), "float32")
+    if mask is not None:
+        logits = logits + ops.where(mask, 0.0, _MASKED_LOGIT)
+    weights = ops.cast(ops.softmax(logits, axis=-1), value.dtype)
+    dropped = dropout(weights, training=training) if dropout is not None else weights
+    return ops.einsum("bhqk,bhkd->bhqd", dropped, value), weights
+
+
+@keras.saving.register_keras_serializable(package="keras_transformer")
+class MultiHeadAttention(keras.layers.Layer):
+    """Multi-head attention written for this project, with a key/value cache.
+
+    Args:
+        num_heads: number of heads h.
+        key_dim: size of each head, d_k = d_v = d_model / h in the paper.
+        dropout: dropout on the attention weights (0 in the paper).
+        output_dim: size of the output; defaults to the query's last dimension.
+
+    Masks are boolean with True = attend. `value_mask` (`[batch, k_len]`) is filled in
+    by Keras from the value's padding mask; `attention_mask` (`[batch, q_len, k_len]`)
+    and `use_causal_mask` add to it.
+
+    Example:
+    >>> mha = MultiHeadAttention(num_heads=2, key_dim=8)
+    >>> x = keras.random.normal((3, 5, 16))
+    >>> mha(x, x, use_causal_mask=True).shape
+    (3, 5, 16)
+    """
+
+    def __init__(self, num_heads, key_dim, dropout=0.0, output_dim=None,
+                 kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.dropout = dropout
+        self.output_dim = output_dim
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.attention_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.supports_masking = True
+
+    def build(self, query_shape, value_shape=None, key_shape=None):
+        value_shape = query_shape if value_shape is None else value_shape
+        key_shape = value_shape if key_shape is None else key_shape
+        heads = (self.num_heads, self.key_dim)
+        self.query_kernel, self.query_bias = self._dense_weights("query", query_shape[-1], heads)
+        self.key_kernel, self.key_bias = self._dense_weights("key", key_shape[-1], heads)
+        self.value_kernel, self.value_bias = self._dense_weights("value", value_shape[-1], heads)
+        out_dim = self.output_dim or query_shape[-1]
+        self.output_kernel = self.add_weight(
+            name="output_kernel", shape=heads + (out_dim,), initializer=self.kernel_initializer
+        )
+        self.output_bias = self.add_weight(name="output_bias", shape=(out_dim,), initializer="zeros")
+
+    def _dense_weights(self, name, input_dim, heads):
+        kernel = self.add_weight(
+            name=f"{name}_kernel", shape=(input_dim,) + heads, initializer=self.kernel_initializer
+        )
+        bias = self.add_weight(name=f"{name}_bias", shape=heads, initializer="zeros")
+        return kernel, bias
+
+    def _heads(self, x, kernel, bias):
+        """`[batch, length, d]` → `[batch, heads, length, head_dim]`."""
+        return ops.einsum("btd,dhk->bhtk", x, kernel) + ops.expand_dims(bias, 1)
+
+    def project_key_value(self, key, value=None):
+        """Keys and values in head layout; for cross-attention, computed once per source."""
+        value = key if value is None else value
+        return (self._heads(key, self.key_kernel, self.key_bias),
+                self._heads(value, self.value_kernel, self.value_bias))
+
+    def attend(self, query, key_heads, value_heads, mask=None, training=None):
+        """Attend from `query` `[batch, q_len, d]` to projected keys/values.
+
+        `mask`: bool `[batch, q_len, k_len]` or None. Returns `(output, weights)`.
+        """
+        query_heads = self._heads(query, self.query_kernel, self.query_bias)
+        if mask is not None:
+            mask = ops.expand_dims(mask, 1)  # broadcast over heads
+        context, weights = scaled_dot_product_attention(
+            query_heads, key_heads, value_heads, mask, self.attention_dropout, training
+        )
+        output = ops.einsum("bhqk,hkd->bqd", context, self.output_kernel) + self.output_bias
+        return output, weights
+
+    def call(self, query, value, key=None, value_mask=None, key_mask=None, attention_mask=None,
+             use_causal_mask=False, return_attention_scores=False, training=None):
+        key = value if key is None else key
+        mask = combine_masks(ops.shape(query)[1], ops.shape(key)[1],
+                             value_mask if key_mask is None else key_mask,
+                             attention_mask, use_causal_mask)
+        output, weights = self.attend(query, *self.project_key_value(key, value), mask, training)
+        return (output, weights) if return_attention_scores else output
+
+    def step(self, query, cache_key, cache_value, index):
+        """One decoding step of causal self-attention with a preallocated cache.
+
+        Args:
+            query: `[batch, 1, d]`, the input at position `index`.
+            cache_key, cache_value: `[batch, heads, max_length, head_dim]`.
+            index: scalar int, the position being decoded.
+
+        Returns `(output [batch, 1, d], weights, new_cache_key, new_cache_value)`.
+        """
+        key, value = self.project_key_value(query)
+        max_length = ops.shape(cache_key)[2]
+        positions = ops.arange(max_length)
+        write = ops.reshape(ops.equal(positions, index), (1, 1, max_length, 1))
+        cache_key = ops.where(write, key, cache_key)
+        cache_value = ops.where(write, value, cache_value)
+        visible = ops.reshape(ops.less_equal(positions, index), (1, 1, max_length))
+        output, weights = self.attend(query, cache_key, cache_value, visible)
+        return output, weights, cache_key, cache_value
+
+    def compute_output_shape(self, query_shape, value_shape=None, key_shape=None):
+        return tuple(query_shape[:-1]) + (self.output_dim or query_shape[-1],)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_heads=self.num_heads,
+            key_dim=self.key_dim,
+            dropout=self.dropout,
+            output_dim=self.output_dim,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+        )
+        return config
+

@@ -1,0 +1,131 @@
+"""Decoder layer and stack (§3.1, fig. 1 right), with cached incremental decoding.
+
+Each layer has masked (causal) self-attention, attention over the encoder output
+("memory"), and a feed-forward network, each in a residual block (see encoder.py).
+`step` decodes one position using a preallocated per-layer cache:
+`{"key", "value"}` `[batch, heads, max_length, head_dim]` for self-attention, and
+`{"cross_key", "cross_value"}` `[batch, heads, src_len, head_dim]` computed once
+from the memory.
+"""
+
+import keras
+from keras import ops
+
+from keras_transformer.layers.encoder import _ResidualLayer, _Stack
+
+
+@keras.saving.register_keras_serializable(package="keras_transformer")
+class DecoderLayer(_ResidualLayer):
+    """Causal self-attention, cross-attention to the memory, then feed-forward.
+
+    Example:
+    >>> layer = DecoderLayer(num_heads=2, d_ff=32)
+    >>> x, memory = keras.ops.ones((2, 4, 16)), keras.ops.ones((2, 6, 16))
+    >>> layer(x, memory).shape
+    (2, 4, 16)
+    """
+
+    def build(self, x_shape, memory_shape=None):
+        memory_shape = x_shape if memory_shape is None else memory_shape
+        self.self_attention = self._attention("self_attention", x_shape[-1])
+        self.self_attention.build(x_shape, x_shape)
+        self.self_attention_norm = self._norm("self_attention_norm", x_shape)
+        self.cross_attention = self._attention("cross_attention", x_shape[-1])
+        self.cross_attention.build(x_shape, memory_shape)
+        self.cross_attention_norm = self._norm("cross_attention_norm", x_shape)
+        self.feed_forward = self._feed_forward(x_shape)
+        self.feed_forward_norm = self._norm("feed_forward_norm", x_shape)
+
+    def call(self, x, memory, x_mask=None, memory_mask=None, training=None,
+             return_attention_scores=False):
+        def self_attend(h):
+            return self.self_attention(h, h, value_mask=x_mask, use_causal_mask=True,
+                                       training=training, return_attention_scores=True)
+
+        def cross_attend(h):
+            return self.cross_attention(h, memory, value_mask=memory_mask, training=training,
+                                        return_attention_scores=True)
+
+        x, self_weights = self._residual(x, self.self_attention_norm, self_attend, training)
+        x, cross_weights = self._residual(x, self.cross_attention_norm, cross_attend, training)
+        x = self._feed_forward_block(x, training)
+        if return_attention_scores:
+            return x, {"self": self_weights, "cross": cross_weights}
+        return x
+
+    def _feed_forward_block(self, x, training=None):
+        x, _ = self._residual(
+            x, self.feed_forward_norm, lambda h: (self.feed_forward(h, training=training), None),
+            training,
+        )
+        return x
+
+    def init_cache(self, memory, max_length):
+        """This layer's cache for decoding up to `max_length` tokens against `memory`."""
+        cross_key, cross_value = self.cross_attention.project_key_value(memory)
+        batch = ops.shape(memory)[0]
+        shape = (batch, self.num_heads, max_length, ops.shape(cross_key)[-1])
+        empty = ops.zeros(shape, dtype=cross_key.dtype)
+        return {"key": empty, "value": empty, "cross_key": cross_key, "cross_value": cross_value}
+
+    def step(self, x, cache, index, memory_mask=None):
+        """Decode position `index`: `x` is `[batch, 1, d]`. Returns `(x, cache, weights)`."""
+        new_cache = dict(cache)
+
+        def self_attend(h):
+            out, weights, new_cache["key"], new_cache["value"] = self.self_attention.step(
+                h, cache["key"], cache["value"], index
+            )
+            return out, weights
+
+        def cross_attend(h):
+            mask = None if memory_mask is None else ops.expand_dims(memory_mask, 1)
+            return self.cross_attention.attend(h, cache["cross_key"], cache["cross_value"], mask)
+
+        x, self_weights = self._residual(x, self.self_attention_norm, self_attend, False)
+        x, cross_weights = self._residual(x, self.cross_attention_norm, cross_attend, False)
+        x = self._feed_forward_block(x)
+        return x, new_cache, {"self": self_weights, "cross": cross_weights}
+
+
+@keras.saving.register_keras_serializable(package="keras_transformer")
+class TransformerDecoder(_Stack):
+    """The decoder stack: `num_layers` DecoderLayers over embedded target tokens.
+
+    `call(x, memory, x_mask, memory_mask)` runs the whole (teacher-forced) target at
+    once; `init_cache` + `step` decode one position at a time with identical results.
+
+    Example:
+    >>> decoder = TransformerDecoder(num_layers=2, num_heads=2, d_ff=32)
+    >>> x, memory = keras.ops.ones((2, 4, 16)), keras.ops.ones((2, 6, 16))
+    >>> decoder(x, memory).shape
+    (2, 4, 16)
+    """
+
+    layer_class = DecoderLayer
+
+    def build(self, x_shape, memory_shape=None):
+        self._build_stack(x_shape, x_shape if memory_shape is None else memory_shape)
+
+    def call(self, x, memory, x_mask=None, memory_mask=None, training=None,
+             return_attention_scores=False):
+        all_weights = []
+        for layer in self.blocks:
+            x, weights = layer(x, memory, x_mask=x_mask, memory_mask=memory_mask,
+                               training=training, return_attention_scores=True)
+            all_weights.append(weights)
+        x = self._finish(x)
+        return (x, all_weights) if return_attention_scores else x
+
+    def init_cache(self, memory, max_length):
+        """A list with one cache dict per layer (see module docstring)."""
+        return [layer.init_cache(memory, max_length) for layer in self.blocks]
+
+    def step(self, x, cache, index, memory_mask=None):
+        """Decode position `index` through all layers. Returns `(x, cache, weights)`."""
+        new_cache, all_weights = [], []
+        for layer, layer_cache in zip(self.blocks, cache):
+            x, layer_cache, weights = layer.step(x, layer_cache, index, memory_mask)
+            new_cache.append(layer_cache)
+            all_weights.append(weights)
+        return self._finish(x), new_cache, all_weights

@@ -1,0 +1,163 @@
+"""The encoder-decoder Transformer (§3, fig. 1) as a `keras.Model`."""
+
+import keras
+from keras import ops
+
+from keras_transformer.config import TransformerConfig
+from keras_transformer.layers.decoder import TransformerDecoder
+from keras_transformer.layers.embedding import TokenEmbedding
+from keras_transformer.layers.encoder import TransformerEncoder
+from keras_transformer.layers.positional_encoding import SinusoidalPositionalEncoding, sinusoids
+from keras_transformer.masks import padding_mask
+
+
+@keras.saving.register_keras_serializable(package="keras_transformer")
+class Transformer(keras.Model):
+    """Encoder-decoder Transformer returning next-token logits.
+
+    `model((source_ids, target_in_ids))` maps int ids `[batch, src_len]` and
+    `[batch, tgt_len]` (pad id `config.pad_id`) to float32 logits
+    `[batch, tgt_len, output_vocab_size]`. Position i of the logits predicts target
+    token i + 1 (teacher forcing). For decoding, `encode` once, then `init_cache` and
+    `decode_step` per token; see `keras_transformer.decoding`.
+
+    Example:
+    >>> model = Transformer(TransformerConfig.from_preset("tiny", vocab_size=50))
+    >>> src = keras.ops.convert_to_tensor([[4, 5, 6, 0]])
+    >>> tgt = keras.ops.convert_to_tensor([[1, 7, 8]])
+    >>> model((src, tgt)).shape
+    (1, 3, 50)
+    """
+
+    def __init__(self, config=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(config, dict):
+            config = TransformerConfig.from_dict(config)
+        self.config = config = config or TransformerConfig()
+        policy = self.dtype_policy
+        stack_kwargs = dict(
+            num_heads=config.num_heads, d_ff=config.d_ff, dropout=config.dropout,
+            attention_dropout=config.attention_dropout,
+            activation_dropout=config.activation_dropout, norm_first=config.norm_first,
+            layer_norm_epsilon=config.layer_norm_epsilon, dtype=policy,
+        )
+        self.source_embedding = TokenEmbedding(
+            config.vocab_size, config.d_model, config.pad_id, name="source_embedding", dtype=policy
+        )
+        self.separate_target_embedding = None
+        if not config.share_embeddings:
+            self.separate_target_embedding = TokenEmbedding(
+                config.output_vocab_size, config.d_model, config.pad_id,
+                name="target_embedding", dtype=policy,
+            )
+        self.positional_encoding = SinusoidalPositionalEncoding(dtype=policy)
+        self.embedding_dropout = keras.layers.Dropout(config.dropout, dtype=policy)
+        self.encoder = TransformerEncoder(config.num_encoder_layers, name="encoder", **stack_kwargs)
+        self.decoder = TransformerDecoder(config.num_decoder_layers, name="decoder", **stack_kwargs)
+        self.output_projection = None
+        if not config.tie_embeddings:
+            self.output_projection = keras.layers.Dense(
+                config.output_vocab_size, use_bias=False, name="output_projection", dtype=policy
+            )
+        self.build(((None, None), (None, None)))
+
+    @property
+    def target_embedding(self):
+        return self.separate_target_embedding or self.source_embedding
+
+    def build(self, input_shape=None):
+        hidden = (None, None, self.config.d_model)
+        self.source_embedding.build()
+        if self.separate_target_embedding is not None:
+            self.separate_target_embedding.build()
+        self.encoder.build(hidden)
+        self.decoder.build(hidden, hidden)
+        if self.output_projection is not None:
+            self.output_projection.build(hidden)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        source_ids, target_ids = _unpack(inputs)
+        memory, source_mask = self.encode(source_ids, training=training)
+        return self.decode(target_ids, memory, source_mask, training=training)
+
+    def encode(self, source_ids, training=None, return_attention_scores=False):
+        """Run the encoder. Returns `(memory [batch, src_len, d_model], source_mask)`
+        (plus per-layer self-attention weights if asked)."""
+        source_mask = padding_mask(source_ids, self.config.pad_id)
+        x = self._embed(self.source_embedding, source_ids, training)
+        outputs = self.encoder(x, mask=source_mask, training=training,
+                               return_attention_scores=return_attention_scores)
+        if return_attention_scores:
+            return outputs[0], source_mask, outputs[1]
+        return outputs, source_mask
+
+    def decode(self, target_ids, memory, source_mask, training=None,
+               return_attention_scores=False):
+        """Logits for every target position given the encoder output (teacher forcing)."""
+        x = self._embed(self.target_embedding, target_ids, training)
+        outputs = self.decoder(
+            x, memory, x_mask=padding_mask(target_ids, self.config.pad_id),
+            memory_mask=source_mask, training=training,
+            return_attention_scores=return_attention_scores,
+        )
+        if return_attention_scores:
+            return self._logits(outputs[0]), outputs[1]
+        return self._logits(outputs)
+
+    def attention_scores(self, source_ids, target_ids):
+        """All attention weights of a teacher-forced pass, for visualisation.
+
+        Returns a dict: "encoder" (list per layer of `[batch, heads, src, src]`),
+        "decoder_self" (`[batch, heads, tgt, tgt]`) and "cross" (`[batch, heads, tgt, src]`).
+        """
+        memory, source_mask, encoder_weights = self.encode(source_ids,
+                                                           return_attention_scores=True)
+        _, decoder_weights = self.decode(target_ids, memory, source_mask,
+                                         return_attention_scores=True)
+        return {
+            "encoder": encoder_weights,
+            "decoder_self": [w["self"] for w in decoder_weights],
+            "cross": [w["cross"] for w in decoder_weights],
+        }
+
+    def init_cache(self, memory, max_length):
+        """Preallocated per-layer decoding cache for up to `max_length` target tokens."""
+        return self.decoder.init_cache(memory, max_length)
+
+    def decode_step(self, token_ids, index, cache, source_mask):
+        """Logits `[batch, vocab]` for position `index + 1` given the token at `index`.
+
+        `token_ids` is `[batch]`; `cache` comes from `init_cache` or a previous step.
+        Returns `(logits, new_cache)`; equal to `decode` on the whole prefix.
+        """
+        x = self.target_embedding(ops.expand_dims(token_ids, 1))
+        x = x + ops.expand_dims(sinusoids(1, self.config.d_model, index, dtype=x.dtype), 0)
+        x, cache, _ = self.decoder.step(x, cache, index, source_mask)
+        return self._logits(x)[:, 0], cache
+
+    def _embed(self, embedding, ids, training):
+        x = self.positional_encoding(embedding(ids))
+        return self.embedding_dropout(x, training=training)
+
+    def _logits(self, x):
+        if self.output_projection is not None:
+            logits = self.output_projection(x)
+        else:
+            logits = self.target_embedding.project(x)
+        return ops.cast(logits, "float32")
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "config": self.config.to_dict(),
+        }
+
+
+def _unpack(inputs):
+    if isinstance(inputs, dict):
+        return inputs["source_ids"], inputs["target_ids"]
+    source_ids, target_ids = inputs
+    return source_ids, target_ids

@@ -1,0 +1,110 @@
+"""Layer-level checks: sinusoids, attention vs Keras, masking, serialization."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_transformer.layers import (
+    MultiHeadAttention,
+    SinusoidalPositionalEncoding,
+    TokenEmbedding,
+    TransformerEncoder,
+    sinusoids,
+)
+from tests.conftest import random_ids
+
+
+@pytest.mark.parametrize("length,d_model", [(1, 2), (50, 16), (7, 33), (300, 512)])
+def test_sinusoids_match_paper_formula(length, d_model):
+    expected = np.zeros((length, d_model))
+    for pos in range(length):
+        for dim in range(d_model):
+            angle = pos / 10000 ** ((dim - dim % 2) / d_model)
+            expected[pos, dim] = np.sin(angle) if dim % 2 == 0 else np.cos(angle)
+    table = keras.ops.convert_to_numpy(sinusoids(length, d_model))
+    np.testing.assert_allclose(table, expected, atol=2e-4)
+
+
+def test_sinusoids_offset_equals_slice():
+    full = keras.ops.convert_to_numpy(sinusoids(20, 8))
+    part = keras.ops.convert_to_numpy(sinusoids(5, 8, start=11))
+    np.testing.assert_allclose(part, full[11:16], atol=1e-5)
+
+
+def test_positional_encoding_adds_table():
+    x = np.random.default_rng(0).normal(size=(2, 6, 8)).astype("float32")
+    out = keras.ops.convert_to_numpy(SinusoidalPositionalEncoding()(x))
+    np.testing.assert_allclose(out - x, np.broadcast_to(sinusoids(6, 8), x.shape), atol=1e-6)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_equals_keras_multi_head_attention(causal):
+    rng = np.random.default_rng(0)
+    query = rng.normal(size=(3, 5, 16)).astype("float32")
+    value = rng.normal(size=(3, 7, 12)).astype("float32")
+    if causal:
+        value = rng.normal(size=(3, 5, 16)).astype("float32")
+    mask = rng.random((3, 5, value.shape[1])) > 0.3
+    mask[:, :, 0] = True  # keep one key per row so both softmaxes are defined
+    reference = keras.layers.MultiHeadAttention(num_heads=4, key_dim=6)
+    expected, expected_weights = reference(query, value, attention_mask=mask,
+                                           use_causal_mask=causal, return_attention_scores=True)
+    ours = MultiHeadAttention(num_heads=4, key_dim=6)
+    ours.build(query.shape, value.shape)
+    assert [w.shape for w in ours.get_weights()] == [w.shape for w in reference.get_weights()]
+    ours.set_weights(reference.get_weights())
+    got, weights = ours(query, value, attention_mask=mask, use_causal_mask=causal,
+                        return_attention_scores=True)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(weights, expected_weights, atol=1e-6)
+
+
+def test_attention_padding_mask_ignores_padded_keys():
+    rng = np.random.default_rng(1)
+    query = rng.normal(size=(2, 4, 8)).astype("float32")
+    value = rng.normal(size=(2, 6, 8)).astype("float32")
+    key_mask = np.array([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]], bool)
+    layer = MultiHeadAttention(num_heads=2, key_dim=4)
+    out, weights = layer(query, value, value_mask=key_mask, return_attention_scores=True)
+    assert np.all(np.asarray(weights)[~np.broadcast_to(key_mask[:, None, None], weights.shape)] < 1e-6)
+    changed = value.copy()
+    changed[~key_mask] = 100.0  # garbage in the masked keys changes nothing
+    np.testing.assert_allclose(layer(query, changed, value_mask=key_mask), out, atol=1e-5)
+
+
+def test_fully_masked_row_is_finite():
+    layer = MultiHeadAttention(num_heads=2, key_dim=4)
+    x = np.ones((1, 3, 8), "float32")
+    out = layer(x, x, value_mask=np.zeros((1, 3), bool))
+    assert np.all(np.isfinite(out))
+
+
+def _encoder_model(pad_id):
+    ids = keras.Input((None,), dtype="int32")
+    x = TokenEmbedding(vocab_size=40, d_model=16, pad_id=pad_id)(ids)
+    x = SinusoidalPositionalEncoding()(x)
+    out = TransformerEncoder(num_layers=2, num_heads=2, d_ff=32, dropout=0.0)(x)
+    return keras.Model(ids, out)
+
+
+def test_padding_mask_propagates_in_functional_model():
+    rng = np.random.default_rng(2)
+    src = random_ids(rng, 4, 6)
+    padded = np.pad(src, ((0, 0), (0, 5)))
+    real = src != 0
+
+    def max_change(model):
+        return np.abs(np.asarray(model(src))[real] - np.asarray(model(padded))[:, :6][real]).max()
+
+    # The mask made by the embedding reaches every attention layer through Keras masking...
+    assert max_change(_encoder_model(pad_id=0)) < 1e-5
+    # ...and without it (no id is padding) the extra pads would change the outputs.
+    assert max_change(_encoder_model(pad_id=-1)) > 1e-3
+
+
+def test_layers_round_trip_through_get_config():
+    layer = TransformerEncoder(num_layers=2, num_heads=2, d_ff=32, norm_first=True)
+    clone = TransformerEncoder.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    attention = MultiHeadAttention(num_heads=3, key_dim=5, dropout=0.1)
+    assert MultiHeadAttention.from_config(attention.get_config()).get_config() == attention.get_config()

@@ -1,0 +1,4 @@
+"""Training: data pipelines, tokenizer, distributed `model.fit`, evaluation.
+
+Installed as `keras_transformer.training`.
+"""
