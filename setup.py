@@ -34,6 +34,7 @@ setup(
         "sentencepiece>=0.2",
         "pyyaml>=6",
         "matplotlib>=3.7",
+        "tensorboard>=2.20",
     ],
     extras_require={
         "test": ["pytest>=8", "ai-edge-litert==2.3.*"],

@@ -1,0 +1,86 @@
+"""The `keras-transformer` command: train, evaluate, average checkpoints, export, translate."""
+
+import argparse
+import os
+import sys
+
+
+def _train(args):
+    from keras_transformer.training.config import load_config
+    from keras_transformer.training.train import train
+
+    config = load_config(args.config)
+    run_dir = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
+    _, _, summary = train(config, run_dir, verbose=args.verbose)
+    print(f"trained {summary['steps']} steps; run saved in {run_dir}")
+    if not args.no_evaluate:
+        args.run, args.split = run_dir, "test"
+        _evaluate(args)
+
+
+def _average(args):
+    import keras
+
+    from keras_transformer.training.averaging import average_checkpoints, list_checkpoints
+
+    paths = list_checkpoints(os.path.join(args.run, "checkpoints"))[-args.last:]
+    model = keras.models.load_model(os.path.join(args.run, "model.keras"))
+    average_checkpoints(model, paths)
+    out = args.out or os.path.join(args.run, "model.keras")
+    model.save(out)
+    print(f"averaged {len(paths)} checkpoints into {out}")
+
+
+def _evaluate(args):
+    from keras_transformer.training.evaluate import evaluate_run
+
+    result = evaluate_run(args.run, split=args.split, beam_size=args.beam,
+                          lowercase=args.lowercase, limit=args.limit)
+    print(result["signature"])
+    print(f"BLEU = {result['bleu']:.2f}")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="keras-transformer", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a translator from a YAML config")
+    train.add_argument("--config", required=True, help="e.g. training/configs/multi30k_en_de.yaml")
+    train.add_argument("--out", help="run directory (default: runs/<config name>)")
+    train.add_argument("--verbose", default="auto", help="Keras fit verbosity: auto, 0, 1, 2")
+    train.add_argument("--no-evaluate", action="store_true", help="skip BLEU on the test split")
+    train.set_defaults(func=_train, beam=None, lowercase=False, limit=None)
+
+    evaluate = commands.add_parser("evaluate", help="translate a split and score with sacreBLEU")
+    evaluate.add_argument("--run", required=True, help="a training run directory")
+    evaluate.add_argument("--split", default="test", choices=("valid", "test"))
+    evaluate.add_argument("--beam", type=int, help="beam size (default: the run's config)")
+    evaluate.add_argument("--lowercase", action="store_true", help="case-insensitive BLEU")
+    evaluate.add_argument("--limit", type=int, help="score only the first N sentences")
+    evaluate.set_defaults(func=_evaluate)
+
+    average = commands.add_parser("average-checkpoints", help="average the last K checkpoints")
+    average.add_argument("--run", required=True)
+    average.add_argument("--last", type=int, default=5)
+    average.add_argument("--out", help="output .keras file (default: the run's model.keras)")
+    average.set_defaults(func=_average)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if getattr(args, "verbose", None) not in (None, "auto"):
+        args.verbose = int(args.verbose)
+    from keras_transformer.training.config import ConfigError
+    from keras_transformer.training.data import DataError
+
+    try:
+        args.func(args)
+    except (ConfigError, DataError) as e:
+        print(f"keras-transformer: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

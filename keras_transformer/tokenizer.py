@@ -1,0 +1,82 @@
+"""Shared subword vocabulary: SentencePiece (unigram) learned here, applied in-graph.
+
+Training uses the `sentencepiece` library; tokenization and detokenization run as
+tensorflow-text ops (`FastSentencepieceTokenizer`), so the same vocabulary works inside
+tf.data, inside a SavedModel and inside TFLite (through tf-text's custom-op registrar).
+The unigram model type is used because FastSentencepieceTokenizer reproduces
+SentencePiece's segmentation exactly for it (it does not for BPE models).
+
+Special ids: pad 0, unk 1, bos 2, eos 3.
+"""
+
+import io
+
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+class SubwordTokenizer(tf.Module):
+    """Text ↔ subword ids with one vocabulary shared by source and target languages.
+
+    Example:
+    >>> tokenizer = SubwordTokenizer.train(["a small test", "ein kleiner Test"] * 50,
+    ...                                    vocab_size=16)
+    >>> ids = tokenizer.tokenize(["a small test"])           # RaggedTensor of int32
+    >>> tokenizer.detokenize(ids).numpy()
+    array([b'a small test'], dtype=object)
+    """
+
+    def __init__(self, model_proto: bytes, name="subword_tokenizer"):
+        super().__init__(name=name)
+        self.model_proto = bytes(model_proto)
+        self.fast = tf_text.FastSentencepieceTokenizer(self.model_proto)
+        self.vocab_size = int(self.fast.vocab_size())
+
+    @classmethod
+    def train(cls, sentences, vocab_size=8000, input_sentence_size=2_000_000):
+        """Learn a unigram SentencePiece model from an iterable of strings."""
+        import sentencepiece
+
+        buffer = io.BytesIO()
+        sentencepiece.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences), model_writer=buffer, vocab_size=vocab_size,
+            model_type="unigram", character_coverage=1.0, normalization_rule_name="identity",
+            pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+            input_sentence_size=input_sentence_size, shuffle_input_sentence=True,
+            hard_vocab_limit=False, minloglevel=2,
+        )
+        return cls(buffer.getvalue())
+
+    @classmethod
+    def load(cls, path):
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return cls(f.read())
+
+    def save(self, path):
+        with tf.io.gfile.GFile(path, "wb") as f:
+            f.write(self.model_proto)
+
+    def tokenize(self, text):
+        """Strings `[batch]` → RaggedTensor of int32 ids, without bos/eos."""
+        return tf.cast(self.fast.tokenize(text), tf.int32)
+
+    def detokenize(self, ids):
+        """Ids (dense `[batch, length]` or ragged) → strings `[batch]`.
+
+        Dense ids are read up to the first eos; pad, bos and eos never reach the text.
+        """
+        if not isinstance(ids, tf.RaggedTensor):
+            ids = tf.convert_to_tensor(ids)
+            before_eos = tf.equal(tf.cumsum(tf.cast(tf.equal(ids, EOS_ID), tf.int32), axis=-1), 0)
+            ids = tf.ragged.boolean_mask(ids, before_eos)
+        ids = tf.ragged.boolean_mask(ids, ids > EOS_ID)
+        return self.fast.detokenize(ids)
+
+    def id_to_piece(self, ids):
+        """Subword strings for a list of ids, for labelling attention plots."""
+        import sentencepiece
+
+        processor = sentencepiece.SentencePieceProcessor(model_proto=self.model_proto)
+        return [processor.id_to_piece(int(i)) for i in ids]

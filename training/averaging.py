@@ -1,0 +1,33 @@
+"""Checkpoint averaging (§6.1): the mean of the weights of the last K checkpoints."""
+
+import glob
+import os
+import re
+
+import numpy as np
+
+_CHECKPOINT = re.compile(r"ckpt-e(\d+)-b(\d+)\.weights\.h5$")
+
+
+def list_checkpoints(directory):
+    """Checkpoint files of a run, oldest first (ordered by epoch, then batch)."""
+    found = []
+    for path in glob.glob(os.path.join(directory, "ckpt-*.weights.h5")):
+        match = _CHECKPOINT.search(os.path.basename(path))
+        if match:
+            found.append((int(match.group(1)), int(match.group(2)), path))
+    return [path for *_, path in sorted(found)]
+
+
+def average_checkpoints(model, paths):
+    """Load the mean of the weights stored in `paths` into `model`; returns the model."""
+    if not paths:
+        raise ValueError("No checkpoints to average")
+    total = None
+    for path in paths:
+        model.load_weights(path)
+        values = [np.asarray(v.numpy(), dtype=np.float64) for v in model.weights]
+        total = values if total is None else [t + v for t, v in zip(total, values)]
+    for variable, summed in zip(model.weights, total):
+        variable.assign((summed / len(paths)).astype(variable.dtype))
+    return model

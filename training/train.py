@@ -1,0 +1,134 @@
+"""Train a translator with `model.fit` following the recipe of §5.
+
+A run directory holds everything needed to resume, evaluate and export:
+
+    config.yaml        the resolved configuration
+    tokenizer.model    the shared SentencePiece vocabulary
+    backup/            BackupAndRestore state: a killed run resumes from here
+    checkpoints/       ckpt-eEEE-bBBBBB.weights.h5 every `checkpoint_every` steps
+    logs/              TensorBoard
+    history.csv        per-epoch loss / accuracy (train and validation)
+    model.keras        the final model (the average of the last checkpoints, §6.1)
+    summary.json       steps, wall time, final metrics
+"""
+
+import json
+import os
+import time
+
+import keras
+
+from keras_transformer.losses import MaskedAccuracy, MaskedCrossEntropy
+from keras_transformer.model import Transformer
+from keras_transformer.schedules import paper_optimizer
+from keras_transformer.tokenizer import SubwordTokenizer
+from keras_transformer.training import corpus
+from keras_transformer.training.averaging import average_checkpoints, list_checkpoints
+from keras_transformer.training.config import save_config
+from keras_transformer.training.data import make_batches, text_pairs
+from keras_transformer.training.strategy import make_strategy
+
+MIXED_PRECISION = ("none", "mixed_bfloat16", "mixed_float16")
+
+
+def load_or_train_tokenizer(config, run_dir, train_source, train_target):
+    """Reuse the run's vocabulary when resuming; otherwise learn it from the training text."""
+    path = os.path.join(run_dir, "tokenizer.model")
+    if os.path.exists(path):
+        return SubwordTokenizer.load(path)
+    tokenizer = SubwordTokenizer.train(train_source + train_target, config.tokenizer.vocab_size)
+    tokenizer.save(path)
+    return tokenizer
+
+
+def build_model(config, tokenizer, strategy):
+    """The model and its compiled recipe, created under the strategy's scope."""
+    training = config.training
+    if training.mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}")
+    dtype = None if training.mixed_precision == "none" else training.mixed_precision
+    model_config = config.model.replace(vocab_size=tokenizer.vocab_size)
+    with strategy.scope():
+        model = Transformer(model_config, dtype=dtype)
+        optimizer = paper_optimizer(model_config.d_model, training.warmup_steps,
+                                    training.learning_rate_scale)
+        if training.mixed_precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        model.compile(
+            optimizer=optimizer,
+            loss=MaskedCrossEntropy(model_config.label_smoothing, model_config.pad_id),
+            metrics=[MaskedAccuracy(model_config.pad_id)],
+            jit_compile=training.jit_compile,
+        )
+    return model
+
+
+def callbacks(config, run_dir):
+    training = config.training
+    return [
+        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"),
+                                         save_freq=training.backup_every),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(run_dir, "checkpoints", "ckpt-e{epoch:03d}-b{batch:06d}.weights.h5"),
+            save_weights_only=True, save_freq=training.checkpoint_every,
+        ),
+        keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), update_freq=50),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
+    ]
+
+
+def train(config, run_dir, verbose="auto"):
+    """Train according to `config` into `run_dir` (resuming if it holds a backup)."""
+    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+    save_config(config, os.path.join(run_dir, "config.yaml"))
+    strategy = make_strategy(config.training.strategy, config.training.devices)
+    keras.utils.set_random_seed(config.training.seed)
+
+    train_source, train_target = corpus.split_lines(config.data, "train")
+    tokenizer = load_or_train_tokenizer(config, run_dir, train_source, train_target)
+    batches = dict(tokenizer=tokenizer, batch_tokens=config.training.batch_tokens,
+                   max_length=config.data.max_length)
+    train_data = make_batches(text_pairs(train_source, train_target),
+                              shuffle_buffer=config.training.shuffle_buffer,
+                              seed=config.training.seed, **batches)
+    valid_data = make_batches(corpus.split_pairs(config.data, "valid"), **batches)
+
+    model = build_model(config, tokenizer, strategy)
+    started = time.time()
+    history = model.fit(train_data, validation_data=valid_data, epochs=config.training.epochs,
+                        callbacks=callbacks(config, run_dir), verbose=verbose)
+    train_seconds = time.time() - started
+
+    checkpoints = list_checkpoints(os.path.join(run_dir, "checkpoints"))
+    averaged = checkpoints[-config.training.average_last:] if config.training.average_last else []
+    if len(averaged) > 1:
+        final_weights = model.get_weights()
+        average_checkpoints(model, averaged)
+        if not _no_worse(model, valid_data, final_weights):
+            averaged = []
+    model.save(os.path.join(run_dir, "model.keras"))
+    summary = {
+        "steps": int(model.optimizer.iterations.numpy()),
+        "epochs_this_run": len(history.history.get("loss", [])),
+        "train_seconds_this_run": round(train_seconds, 1),
+        "averaged_checkpoints": [os.path.basename(p) for p in averaged],
+        "vocab_size": tokenizer.vocab_size,
+        "parameters": model.count_params(),
+        "history": {k: [round(float(x), 5) for x in v] for k, v in history.history.items()},
+    }
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return model, tokenizer, summary
+
+
+def _no_worse(model, valid_data, final_weights):
+    """Keep the averaged weights unless they validate worse than the last ones."""
+    averaged_loss = model.evaluate(valid_data, verbose=0)[0]
+    averaged_weights = model.get_weights()
+    model.set_weights(final_weights)
+    final_loss = model.evaluate(valid_data, verbose=0)[0]
+    if averaged_loss <= final_loss:
+        model.set_weights(averaged_weights)
+        return True
+    return False
