@@ -65,7 +65,7 @@ class SubwordTokenizer(tf.Module):
     def detokenize(self, ids):
         """Ids (dense `[batch, length]` or ragged) → strings `[batch]`.
 
-        Dense ids are read up to the first eos; pad, bos and eos never reach the text.
+        Dense ids are read up to the first eos; pad, unk, bos and eos never reach the text.
         """
         if not isinstance(ids, tf.RaggedTensor):
             ids = tf.convert_to_tensor(ids)

@@ -1,0 +1,199 @@
+"""Greedy and beam-search decoding with the preallocated key/value cache (§6.1).
+
+Both decoders run one `tf.while_loop` whose state has static shapes (the cache is
+written in place, never grown), so they trace once per (batch, source length) and
+compile whole under XLA (`jit_compile=True`) and into TFLite builtins.
+
+Outputs are token ids `[batch, max_length]` (eos then pad after the end) and a score
+per sentence: the sum of token log-probabilities (greedy) or that sum divided by the
+GNMT length penalty ((5 + length) / 6)^α (beam search).
+"""
+
+import tensorflow as tf
+
+from keras_transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+_NEG_INF = -1e9
+
+
+def length_penalty(length, alpha):
+    """GNMT length penalty ((5 + length) / 6)^α (Wu et al., 2016)."""
+    return tf.pow((5.0 + tf.cast(length, tf.float32)) / 6.0, alpha)
+
+
+def output_limits(source_ids, max_extra_length, max_length):
+    """Per-sentence output budget: source length + `max_extra_length`, at most `max_length`.
+
+    An empty source gets a budget of one token: its output is just eos (empty text).
+    """
+    source_lengths = tf.reduce_sum(tf.cast(tf.not_equal(source_ids, PAD_ID), tf.int32), axis=1)
+    budget = tf.where(source_lengths > 0, source_lengths + max_extra_length, 1)
+    return tf.minimum(budget, max_length)
+
+
+def _write(tokens, position, values):
+    """`tokens[..., position] = values` via a one-hot select (static shapes, TFLite-safe)."""
+    columns = tf.range(tf.shape(tokens)[-1])
+    return tf.where(tf.equal(columns, position), tf.expand_dims(values, -1), tokens)
+
+
+def greedy_decode(model, source_ids, max_length, max_extra_length=50):
+    """Pick the most likely token at each step.
+
+    Args:
+        model: a `keras_transformer.Transformer`.
+        source_ids: int32 `[batch, src_len]`, pad 0.
+        max_length: static size of the output (and of the cache).
+        max_extra_length: a sentence stops after source length + this many tokens.
+
+    Returns `(ids [batch, max_length], log_prob [batch])`.
+    """
+    source_ids = tf.convert_to_tensor(source_ids, tf.int32)
+    batch = tf.shape(source_ids)[0]
+    memory, source_mask = model.encode(source_ids, training=False)
+    limits = output_limits(source_ids, max_extra_length, max_length)
+    state = (
+        tf.constant(0),
+        _write(tf.zeros([batch, max_length + 1], tf.int32), 0, tf.fill([batch], BOS_ID)),
+        tf.zeros([batch], tf.bool),
+        tf.zeros([batch], tf.float32),
+        model.init_cache(memory, max_length),
+    )
+
+    def not_done(t, tokens, finished, scores, cache):
+        return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(finished)))
+
+    def step(t, tokens, finished, scores, cache):
+        logits, cache = model.decode_step(tokens[:, t], t, cache, source_mask)
+        log_probs = _only_eos_past_budget(tf.nn.log_softmax(logits), t, limits[:, None])
+        best = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
+        best_log_prob = tf.gather(log_probs, best, batch_dims=1)
+        scores += tf.where(finished, 0.0, best_log_prob)
+        tokens = _write(tokens, t + 1, tf.where(finished, PAD_ID, best))
+        finished = tf.logical_or(finished, tf.equal(best, EOS_ID))
+        return t + 1, tokens, finished, scores, cache
+
+    _, tokens, _, scores, _ = tf.while_loop(not_done, step, state)
+    return tokens[:, 1:], scores
+
+
+def _only_eos_past_budget(log_probs, t, limits):
+    """Where position t + 1 is a sentence's last allowed one, only eos may follow."""
+    vocab = tf.range(tf.shape(log_probs)[-1])
+    forbidden = tf.logical_and(t + 1 >= limits, tf.not_equal(vocab, EOS_ID))
+    return tf.where(forbidden, _NEG_INF, log_probs)
+
+
+def _gather_beams(tensor, indices, batch, beam_size):
+    """Select beams `[batch, beam_size]` from `tensor` `[batch * k, ...]` (k = its beams)."""
+    shape = tf.shape(tensor)
+    by_row = tf.reshape(tensor, tf.concat([[batch, -1], shape[1:]], 0))
+    picked = tf.gather(by_row, indices, batch_dims=1)
+    out = tf.reshape(picked, tf.concat([[batch * beam_size], shape[1:]], 0))
+    return tf.ensure_shape(out, tensor.shape)
+
+
+def _tile_beams(tensor, beam_size):
+    """`[batch, ...]` → `[batch * beam_size, ...]`, each row repeated beam_size times."""
+    return tf.repeat(tensor, beam_size, axis=0)
+
+
+def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra_length=50,
+                return_all=False):
+    """Beam search with alive and finished hypothesis sets (as in GNMT / tensor2tensor).
+
+    At each step the 2k best extensions of the k alive beams are scored; those among
+    the first k that end in eos join the finished set (scored with the length penalty),
+    the best k that do not end stay alive. A sentence stops when its k finished hypotheses all score at least what its
+    best alive beam could still reach (its log-prob over the largest length penalty).
+
+    Returns `(ids [batch, max_length], score [batch])` of the best hypothesis, or with
+    `return_all=True` all k: `([batch, k, max_length], [batch, k])`, best first.
+    """
+    source_ids = tf.convert_to_tensor(source_ids, tf.int32)
+    batch = tf.shape(source_ids)[0]
+    k = beam_size
+    memory, source_mask = model.encode(source_ids, training=False)
+    memory, source_mask = _tile_beams(memory, k), _tile_beams(source_mask, k)
+    limits = output_limits(source_ids, max_extra_length, max_length)
+    max_penalty = length_penalty(tf.cast(limits, tf.float32), alpha)  # [batch]
+    vocab = model.config.output_vocab_size
+
+    first = _write(tf.zeros([batch, k, max_length + 1], tf.int32), 0, tf.fill([batch, k], BOS_ID))
+    state = (
+        tf.constant(0),
+        first,
+        # Only beam 0 is live at the start, so the first step does not pick k copies.
+        tf.tile(tf.constant([[0.0] + [_NEG_INF] * (k - 1)]), [batch, 1]),
+        tf.zeros([batch, k, max_length + 1], tf.int32),
+        tf.fill([batch, k], _NEG_INF),
+        model.init_cache(memory, max_length),
+    )
+
+    def not_done(t, alive, alive_scores, finished, finished_scores, cache):
+        best_possible = alive_scores[:, 0] / max_penalty
+        settled = (finished_scores[:, -1] >= best_possible) | (t >= limits)
+        return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(settled)))
+
+    def step(t, alive, alive_scores, finished, finished_scores, cache):
+        logits, cache = model.decode_step(tf.reshape(alive[:, :, t], [-1]), t, cache,
+                                          source_mask)
+        log_probs = tf.reshape(tf.nn.log_softmax(logits), [batch, k, vocab])
+        log_probs = _only_eos_past_budget(log_probs, t, limits[:, None, None])
+        candidates = tf.reshape(alive_scores[:, :, None] + log_probs, [batch, k * vocab])
+        top_scores, top_index = tf.math.top_k(candidates, 2 * k)
+        top_beam, top_token = top_index // vocab, top_index % vocab
+        top_seqs = _write(tf.gather(alive, top_beam, batch_dims=1), t + 1, top_token)
+        is_eos = tf.equal(top_token, EOS_ID)
+        # An eos extension is finalised only if it ranks among the k best (as fairseq
+        # does), so beam size 1 with α = 0 is exactly greedy decoding.
+        ends = is_eos & (tf.range(2 * k) < k)[None, :]
+        real = top_scores > _NEG_INF / 2  # not an extension of a dead beam
+
+        # Alive: the k best extensions that did not end.
+        alive_candidates = tf.where(is_eos, _NEG_INF, top_scores)
+        alive_scores, keep = tf.math.top_k(alive_candidates, k)
+        alive = tf.gather(top_seqs, keep, batch_dims=1)
+        cache = _gather_cache(cache, tf.gather(top_beam, keep, batch_dims=1), batch, k)
+
+        # Finished: merge the extensions that ended (length-normalised) into the k best.
+        ended_scores = tf.where(ends & real, top_scores / length_penalty(t + 1, alpha), _NEG_INF)
+        merged_scores = tf.concat([finished_scores, ended_scores], axis=1)
+        merged_seqs = tf.concat([finished, top_seqs], axis=1)
+        finished_scores, pick = tf.math.top_k(merged_scores, k)
+        finished = tf.gather(merged_seqs, pick, batch_dims=1)
+        return t + 1, alive, alive_scores, finished, finished_scores, cache
+
+    _, alive, alive_scores, finished, finished_scores, _ = tf.while_loop(not_done, step, state)
+    # A sentence that finished nothing (cannot happen with limits ≤ max_length, kept
+    # for safety) falls back to its alive beams.
+    none_finished = (finished_scores[:, 0] <= _NEG_INF / 2)[:, None]
+    seqs = tf.where(none_finished[:, :, None], alive, finished)[:, :, 1:]
+    scores = tf.where(none_finished, alive_scores / max_penalty[:, None], finished_scores)
+    seqs = _pad_after_eos(seqs)
+    if return_all:
+        return seqs, scores
+    return seqs[:, 0], scores[:, 0]
+
+
+def _gather_cache(cache, beam_indices, batch, beam_size):
+    """Reorder the self-attention cache by the chosen beams. Cross-attention keys and
+    values are identical across a sentence's beams, so they are left as they are."""
+    return [
+        {**layer, "key": _gather_beams(layer["key"], beam_indices, batch, beam_size),
+         "value": _gather_beams(layer["value"], beam_indices, batch, beam_size)}
+        for layer in cache
+    ]
+
+
+def _pad_after_eos(ids):
+    """Replace everything after the first eos with pad."""
+    seen_eos = tf.cumsum(tf.cast(tf.equal(ids, EOS_ID), tf.int32), axis=-1, exclusive=True)
+    return tf.where(seen_eos > 0, PAD_ID, ids)
+
+
+def decode(model, source_ids, max_length, beam_size=1, alpha=0.6, max_extra_length=50):
+    """Greedy when `beam_size == 1`, else beam search; returns `(ids, scores)`."""
+    if beam_size == 1:
+        return greedy_decode(model, source_ids, max_length, max_extra_length)
+    return beam_search(model, source_ids, max_length, beam_size, alpha, max_extra_length)

@@ -1,0 +1,80 @@
+"""Strings in, strings out: tokenization, shape buckets and compiled decoding together.
+
+`TextTranslator.translate` is pure TensorFlow, so it runs eagerly, inside a
+`tf.function`, and inside an exported SavedModel alike. Rules for awkward input:
+
+- invalid UTF-8 bytes are replaced by U+FFFD before tokenization;
+- a source longer than `max_source_length` subword tokens is cut to that many tokens;
+- an empty (or all-whitespace) sentence translates to an empty string;
+- a batch of zero sentences returns zero strings.
+
+Source ids are padded to a multiple of `length_bucket` tokens and the batch to a power
+of two, so the XLA-compiled decoder compiles once per bucket, not once per shape.
+"""
+
+import tensorflow as tf
+
+from keras_transformer import decoding
+from keras_transformer.tokenizer import PAD_ID
+
+
+class TextTranslator:
+    """Translate batches of sentences with a trained model and its tokenizer.
+
+    Example:
+    >>> translator = TextTranslator(model, tokenizer)       # doctest: +SKIP
+    >>> translator.translate(["A dog runs."], beam_size=4)   # doctest: +SKIP
+    <tf.Tensor: shape=(1,), dtype=string, numpy=array([b'Ein Hund rennt.'], dtype=object)>
+    """
+
+    def __init__(self, model, tokenizer, max_source_length=256, max_extra_length=50,
+                 length_bucket=16, jit_compile=True):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_source_length = max_source_length
+        self.max_extra_length = max_extra_length
+        self.length_bucket = length_bucket
+        self.jit_compile = jit_compile
+        self._compiled = {}
+
+    def encode_text(self, sentences):
+        """Strings `[batch]` → source ids `[batch, bucketed_length]` (pad 0)."""
+        sentences = tf.strings.unicode_transcode(
+            tf.convert_to_tensor(sentences, tf.string), "UTF-8", "UTF-8", errors="replace"
+        )
+        ids = self.tokenizer.tokenize(sentences)[:, : self.max_source_length]
+        ids = ids.to_tensor(default_value=PAD_ID)
+        return _pad_to_buckets(ids, self.length_bucket)
+
+    def decode_ids(self, source_ids, beam_size=4, alpha=0.6):
+        """Decode padded source ids; returns `(ids [batch, max_len], scores [batch])`."""
+        batch = tf.shape(source_ids)[0]
+        padded_batch = tf.cast(2 ** tf.math.ceil(tf.math.log(
+            tf.cast(tf.maximum(batch, 1), tf.float32)) / tf.math.log(2.0)), tf.int32)
+        source_ids = tf.pad(source_ids, [[0, padded_batch - batch], [0, 0]])
+        ids, scores = self._decoder(beam_size, alpha)(source_ids)
+        return ids[:batch], scores[:batch]
+
+    def translate(self, sentences, beam_size=4, alpha=0.6):
+        """Strings `[batch]` → translated strings `[batch]`."""
+        source_ids = self.encode_text(sentences)
+        ids, _ = self.decode_ids(source_ids, beam_size, alpha)
+        return self.tokenizer.detokenize(ids)
+
+    def _decoder(self, beam_size, alpha):
+        key = (beam_size, float(alpha))
+        if key not in self._compiled:
+            def run(source_ids):
+                max_length = tf.shape(source_ids)[1] + self.max_extra_length
+                return decoding.decode(self.model, source_ids, max_length, beam_size, alpha,
+                                       self.max_extra_length)
+
+            self._compiled[key] = tf.function(run, jit_compile=self.jit_compile,
+                                              reduce_retracing=True)
+        return self._compiled[key]
+
+
+def _pad_to_buckets(ids, bucket):
+    length = tf.shape(ids)[1]
+    target = tf.maximum(bucket, (length + bucket - 1) // bucket * bucket)
+    return tf.pad(ids, [[0, 0], [0, target - length]])
