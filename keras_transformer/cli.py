@@ -40,6 +40,46 @@ def _evaluate(args):
     print(f"BLEU = {result['bleu']:.2f}")
 
 
+def _export(args):
+    from keras_transformer.training.evaluate import load_run
+
+    config, model, tokenizer = load_run(args.run)
+    evaluation = config.evaluation
+    if args.format == "saved_model":
+        from keras_transformer.export.saved_model import export_saved_model
+
+        out = args.out or os.path.join(args.run, "saved_model")
+        export_saved_model(model, tokenizer, out, evaluation.beam_size, evaluation.alpha,
+                           evaluation.max_extra_length)
+        print(f"SavedModel written to {out}")
+
+
+def _read_sentences(args):
+    if args.sentences:
+        return list(args.sentences)
+    stream = open(args.file, encoding="utf-8") if args.file else sys.stdin
+    with stream:
+        return [line.rstrip("\n") for line in stream]
+
+
+def _translate(args):
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
+
+    from keras_transformer.training.evaluate import translate_lines
+
+    model = tf.saved_model.load(args.model)
+    signature = model.signatures["serving_default" if args.beam != 1 else "greedy"]
+    sentences = _read_sentences(args)
+
+    def translate(batch):
+        return signature(tf.constant(batch, tf.string))["translations"].numpy()
+
+    verbose = 1 if len(sentences) > args.batch_size and sys.stderr.isatty() else 0
+    for line in translate_lines(translate, sentences, args.batch_size, verbose):
+        print(line)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="keras-transformer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -64,6 +104,20 @@ def build_parser():
     average.add_argument("--last", type=int, default=5)
     average.add_argument("--out", help="output .keras file (default: the run's model.keras)")
     average.set_defaults(func=_average)
+    export = commands.add_parser("export", help="export a run as a SavedModel (or TFLite)")
+    export.add_argument("--run", required=True, help="a training run directory")
+    export.add_argument("--format", default="saved_model", choices=("saved_model",))
+    export.add_argument("--out", help="output path (default: inside the run directory)")
+    export.set_defaults(func=_export)
+
+    translate = commands.add_parser("translate", help="translate with an exported SavedModel")
+    translate.add_argument("--model", required=True, help="a SavedModel directory")
+    translate.add_argument("--beam", type=int, default=4,
+                           help="1: greedy; otherwise the exported beam search (beam 4)")
+    translate.add_argument("--file", help="read sentences from this file (default: stdin)")
+    translate.add_argument("--batch-size", type=int, default=32)
+    translate.add_argument("sentences", nargs="*", help="sentences to translate")
+    translate.set_defaults(func=_translate)
     return parser
 
 

@@ -77,6 +77,34 @@ def greedy_decode(model, source_ids, max_length, max_extra_length=50):
     return tokens[:, 1:], scores
 
 
+def greedy_decode_uncached(model, source_ids, max_length, max_extra_length=50):
+    """Greedy decoding that re-runs the decoder over the whole prefix at every step.
+
+    O(n²) work per sentence instead of O(n): the reference that the cached decoder must
+    match token for token, and the baseline of the decoding benchmark.
+    """
+    source_ids = tf.convert_to_tensor(source_ids, tf.int32)
+    batch = tf.shape(source_ids)[0]
+    memory, source_mask = model.encode(source_ids, training=False)
+    limits = output_limits(source_ids, max_extra_length, max_length)
+
+    def not_done(t, tokens, finished):
+        return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(finished)))
+
+    def step(t, tokens, finished):
+        logits = model.decode(tokens[:, : t + 1], memory, source_mask, training=False)[:, -1]
+        log_probs = _only_eos_past_budget(tf.nn.log_softmax(logits), t, limits[:, None])
+        best = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
+        tokens = _write(tokens, t + 1, tf.where(finished, PAD_ID, best))
+        return t + 1, tokens, tf.logical_or(finished, tf.equal(best, EOS_ID))
+
+    start = _write(tf.zeros([batch, max_length + 1], tf.int32), 0, tf.fill([batch], BOS_ID))
+    _, tokens, _ = tf.while_loop(not_done, step, (tf.constant(0), start, tf.zeros([batch], tf.bool)),
+                                 shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None]),
+                                                   tf.TensorShape([None])))
+    return tokens[:, 1:]
+
+
 def _only_eos_past_budget(log_probs, t, limits):
     """Where position t + 1 is a sentence's last allowed one, only eos may follow."""
     vocab = tf.range(tf.shape(log_probs)[-1])

@@ -1,0 +1,94 @@
+"""Export a trained translator as a self-contained SavedModel.
+
+Signatures (all batched; strings are UTF-8):
+
+- `serving_default`: `sentences [batch] string` → `translations [batch] string`, beam
+  search with the paper's defaults (beam 4, α 0.6, max length = source + 50).
+- `greedy`: the same with greedy decoding.
+- `translate_ids`: `source_ids [batch, len] int32` (pad 0) → `ids`, `scores` (beam).
+- `attention`: `sources`, `targets` strings → subword ids and the attention weights of
+  a teacher-forced pass (`encoder`, `cross`: `[layers, batch, heads, q, k]`).
+
+The tokenizer runs inside the graph (tensorflow-text ops), so serving needs only
+`import tensorflow, tensorflow_text` — not this project. Decoding is XLA-compiled per
+shape bucket (see `keras_transformer.translation`).
+"""
+
+import os
+
+import tensorflow as tf
+
+from keras_transformer.tokenizer import BOS_ID, PAD_ID
+from keras_transformer.translation import TextTranslator
+
+STRINGS = tf.TensorSpec([None], tf.string, name="sentences")
+
+
+class Translator(tf.Module):
+    """A `tf.Module` wrapping model + tokenizer with serving signatures."""
+
+    def __init__(self, model, tokenizer, beam_size=4, alpha=0.6, max_extra_length=50,
+                 max_source_length=256, jit_compile=True):
+        super().__init__(name="translator")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.beam_size = beam_size
+        self.alpha = alpha
+        self.text = TextTranslator(model, tokenizer, max_source_length, max_extra_length,
+                                   jit_compile=jit_compile)
+        self.vocabulary = tf.saved_model.Asset(_write_vocabulary(tokenizer))
+
+    @tf.function(input_signature=[STRINGS])
+    def beam(self, sentences):
+        return {"translations": self.text.translate(sentences, self.beam_size, self.alpha)}
+
+    @tf.function(input_signature=[STRINGS])
+    def greedy(self, sentences):
+        return {"translations": self.text.translate(sentences, 1)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="source_ids")])
+    def translate_ids(self, source_ids):
+        ids, scores = self.text.decode_ids(source_ids, self.beam_size, self.alpha)
+        return {"ids": ids, "scores": scores}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="sources"),
+                                  tf.TensorSpec([None], tf.string, name="targets")])
+    def attention(self, sources, targets):
+        source_ids = self.tokenizer.tokenize(sources).to_tensor(default_value=PAD_ID)
+        target = self.tokenizer.tokenize(targets)
+        batch = tf.shape(sources)[0]
+        target_in = tf.concat([tf.fill([batch, 1], BOS_ID), target.to_tensor(PAD_ID)], 1)
+        weights = self.model.attention_scores(source_ids, target_in)
+        return {
+            "source_ids": source_ids,
+            "target_ids": target_in,
+            "encoder": tf.stack(weights["encoder"]),
+            "cross": tf.stack(weights["cross"]),
+        }
+
+    def signatures(self):
+        return {
+            "serving_default": self.beam.get_concrete_function(),
+            "greedy": self.greedy.get_concrete_function(),
+            "translate_ids": self.translate_ids.get_concrete_function(),
+            "attention": self.attention.get_concrete_function(),
+        }
+
+
+def _write_vocabulary(tokenizer):
+    """The SentencePiece model as a file, shipped in the SavedModel's assets."""
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(prefix="kt_vocab_"), "tokenizer.model")
+    tokenizer.save(path)
+    return path
+
+
+def export_saved_model(model, tokenizer, out_dir, beam_size=4, alpha=0.6, max_extra_length=50):
+    """Write the Translator SavedModel to `out_dir`; returns the Translator."""
+    translator = Translator(model, tokenizer, beam_size, alpha, max_extra_length)
+    tf.saved_model.save(translator, out_dir, signatures=translator.signatures())
+    return translator
+
+
+__all__ = ["Translator", "export_saved_model"]
