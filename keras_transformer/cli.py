@@ -19,12 +19,11 @@ def _train(args):
 
 
 def _average(args):
-    import keras
-
     from keras_transformer.training.averaging import average_checkpoints, list_checkpoints
+    from keras_transformer.training.evaluate import load_run
 
     paths = list_checkpoints(os.path.join(args.run, "checkpoints"))[-args.last:]
-    model = keras.models.load_model(os.path.join(args.run, "model.keras"))
+    _, model, _ = load_run(args.run)  # built from config.yaml if the run was interrupted
     average_checkpoints(model, paths)
     out = args.out or os.path.join(args.run, "model.keras")
     model.save(out)

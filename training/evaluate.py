@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import sacrebleu
 
+from keras_transformer.model import Transformer
 from keras_transformer.tokenizer import SubwordTokenizer
 from keras_transformer.training import corpus
 from keras_transformer.training.config import load_config
@@ -38,10 +39,18 @@ def bleu(hypotheses, references, lowercase=False):
 
 
 def load_run(run_dir):
-    """(RunConfig, model, tokenizer) of a finished training run."""
+    """(RunConfig, model, tokenizer) of a training run.
+
+    The model is `model.keras`; for a run stopped before it finished, a freshly
+    initialised model of the run's configuration (to load checkpoints into).
+    """
     config = load_config(os.path.join(run_dir, "config.yaml"))
-    model = keras.models.load_model(os.path.join(run_dir, "model.keras"))
     tokenizer = SubwordTokenizer.load(os.path.join(run_dir, "tokenizer.model"))
+    path = os.path.join(run_dir, "model.keras")
+    if os.path.exists(path):
+        model = keras.models.load_model(path)
+    else:
+        model = Transformer(config.model.replace(vocab_size=tokenizer.vocab_size))
     return config, model, tokenizer
 
 
