@@ -27,3 +27,18 @@ def random_ids(rng, batch, length, vocab=40, min_len=1):
     for row, real in enumerate(rng.integers(min_len, length + 1, size=batch)):
         ids[row, real:] = 0
     return ids
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_CONFIG = os.path.join(REPO, "training", "configs", "tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A run directory trained by the CLI on the tiny config (2 epochs, ~30 s)."""
+    from keras_transformer import cli
+
+    run_dir = str(tmp_path_factory.mktemp("tiny_run"))
+    assert cli.main(["train", "--config", TINY_CONFIG, "--out", run_dir, "--verbose", "0",
+                     "--no-evaluate"]) == 0
+    return run_dir

@@ -1,0 +1,104 @@
+"""The training CLI end to end: run directory, BLEU, averaging, resume after SIGKILL."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import yaml
+
+from keras_transformer import cli
+from keras_transformer.training.averaging import average_checkpoints, list_checkpoints
+from tests.conftest import TINY_CONFIG
+
+
+def test_run_directory_has_everything(tiny_run):
+    for name in ("config.yaml", "tokenizer.model", "model.keras", "summary.json",
+                 "history.csv", "logs"):
+        assert os.path.exists(os.path.join(tiny_run, name)), name
+    summary = json.load(open(os.path.join(tiny_run, "summary.json")))
+    assert summary["steps"] > 0 and summary["epochs_this_run"] == 2
+    assert not os.path.exists(os.path.join(tiny_run, "backup"))  # removed once finished
+    losses = summary["history"]["loss"]
+    assert losses[-1] < losses[0]  # it learns
+    assert len(list_checkpoints(os.path.join(tiny_run, "checkpoints"))) >= 4
+
+
+def test_evaluate_prints_sacrebleu_signature(tiny_run, capsys):
+    assert cli.main(["evaluate", "--run", tiny_run, "--limit", "16", "--beam", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in out
+    report = json.load(open(os.path.join(tiny_run, "bleu.test.json")))
+    assert report["sentences"] == 16 and 0.0 <= report["bleu"] <= 100.0
+    assert len(open(os.path.join(tiny_run, "test.hyp"), encoding="utf-8").readlines()) == 16
+
+
+def test_checkpoint_average_is_the_mean(tiny_run):
+    paths = list_checkpoints(os.path.join(tiny_run, "checkpoints"))[-3:]
+    model = keras.models.load_model(os.path.join(tiny_run, "model.keras"))
+    singles = []
+    for path in paths:
+        model.load_weights(path)
+        singles.append([w.copy() for w in model.get_weights()])
+    average_checkpoints(model, paths)
+    for i, averaged in enumerate(model.get_weights()):
+        np.testing.assert_allclose(averaged, np.mean([s[i] for s in singles], axis=0), atol=1e-6)
+
+
+def test_bad_config_is_a_one_line_error(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  sourse: text\n")
+    assert cli.main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown key 'sourse'" in err
+    assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_missing_text_file_is_named(tmp_path, capsys):
+    path = tmp_path / "text.yaml"
+    path.write_text(yaml.safe_dump({"model": {"preset": "tiny"}, "data": {
+        "source": "text", "train_source": str(tmp_path / "nope.en"),
+        "train_target": str(tmp_path / "nope.de")}}))
+    assert cli.main(["train", "--config", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert "nope.en: no such file" in capsys.readouterr().err
+
+
+def _epochs_logged(run_dir):
+    with open(os.path.join(run_dir, "history.csv")) as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def test_killed_run_resumes_from_backup(tmp_path):
+    config = yaml.safe_load(open(TINY_CONFIG))
+    config["training"].update(epochs=4, backup_every=5)
+    path = tmp_path / "resume.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "keras_transformer.cli", "train", "--config", str(path),
+               "--out", str(run_dir), "--verbose", "0", "--no-evaluate"]
+    first = subprocess.Popen(command)
+    metadata = run_dir / "backup" / "training_metadata.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until a backup from the second epoch exists
+        if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch", 0) >= 1:
+            break
+        time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (run_dir / "model.keras").exists()
+    done_before = _epochs_logged(run_dir)
+    assert done_before and done_before[0] == 0
+
+    assert subprocess.run(command, timeout=300).returncode == 0
+    summary = json.load(open(run_dir / "summary.json"))
+    epochs = _epochs_logged(run_dir)
+    resumed_at = epochs[len(done_before)]
+    assert resumed_at >= 1  # the second run did not start over at epoch 0
+    assert summary["epochs_this_run"] == 4 - resumed_at
+    assert epochs[-1] == 3
