@@ -42,3 +42,12 @@ def tiny_run(tmp_path_factory):
     assert cli.main(["train", "--config", TINY_CONFIG, "--out", run_dir, "--verbose", "0",
                      "--no-evaluate"]) == 0
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def reverse_model():
+    """(model, x_val, y_val): a tiny model trained to reverse sequences (~45 s)."""
+    from tests.test_learning import train_reverse_model
+
+    keras.utils.set_random_seed(1234)
+    return train_reverse_model()

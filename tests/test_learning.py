@@ -22,15 +22,22 @@ def reverse_task(rng, n):
     return (source, target_in), target_out
 
 
-def test_tiny_model_learns_to_reverse():
+def train_reverse_model():
+    """A tiny Transformer fitted with `model.fit` on the reverse task; returns it and
+    held-out data."""
     rng = np.random.default_rng(0)
     x, y = reverse_task(rng, 4096)
     x_val, y_val = reverse_task(rng, 512)
     config = kt.TransformerConfig.from_preset("tiny", vocab_size=VOCAB, d_model=64, num_heads=4,
-                                                d_ff=128)
+                                              d_ff=128)
     model = kt.Transformer(config)
     model.compile(optimizer=paper_optimizer(64, warmup_steps=200),
                   loss=MaskedCrossEntropy(), metrics=[MaskedAccuracy()])
     model.fit(x, y, batch_size=64, epochs=16, verbose=0)
+    return model, x_val, y_val
+
+
+def test_tiny_model_learns_to_reverse(reverse_model):
+    model, x_val, y_val = reverse_model
     _, accuracy = model.evaluate(x_val, y_val, batch_size=256, verbose=0)
     assert accuracy >= 0.99

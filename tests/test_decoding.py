@@ -1,0 +1,75 @@
+"""Decoders on a model trained by the CLI: cache vs no cache, beam vs greedy, penalty."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_transformer import decoding
+from keras_transformer.tokenizer import SubwordTokenizer
+from keras_transformer.training import data
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_run):
+    model = keras.models.load_model(os.path.join(tiny_run, "model.keras"))
+    tokenizer = SubwordTokenizer.load(os.path.join(tiny_run, "tokenizer.model"))
+    sources, _ = data.read_parallel(*data.multi30k_paths("test_2016_flickr", "en", "de"))
+    source_ids = tokenizer.tokenize(sources[:12]).to_tensor()
+    return model, source_ids
+
+
+def test_length_penalty_formula():
+    for length in (1, 7, 30):
+        for alpha in (0.0, 0.6, 1.0):
+            expected = ((5 + length) / 6) ** alpha
+            assert abs(float(decoding.length_penalty(length, alpha)) - expected) < 1e-5
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_cached_greedy_equals_recomputing_the_prefix(trained, jit_compile):
+    model, source_ids = trained
+    max_length = int(source_ids.shape[1]) + 10
+    cached = tf.function(lambda s: decoding.greedy_decode(model, s, max_length, 10)[0],
+                         jit_compile=jit_compile)
+    uncached = tf.function(lambda s: decoding.greedy_decode_uncached(model, s, max_length, 10))
+    ids = cached(source_ids).numpy()
+    np.testing.assert_array_equal(ids, uncached(source_ids).numpy())
+    assert np.all(ids[:, 0] > 3)  # real tokens were produced
+
+
+def test_beam_size_one_is_greedy(trained):
+    model, source_ids = trained
+    greedy_ids, greedy_scores = decoding.greedy_decode(model, source_ids, 40)
+    beam_ids, beam_scores = decoding.beam_search(model, source_ids, 40, beam_size=1, alpha=0.0)
+    np.testing.assert_array_equal(beam_ids, greedy_ids)
+    np.testing.assert_allclose(beam_scores, greedy_scores, rtol=1e-5)
+
+
+def test_beam_scores_at_least_greedy(reverse_model):
+    model, (source_ids, _), _ = reverse_model
+    source_ids = source_ids[:64]
+    alpha = 0.6
+    greedy_ids, greedy_log_prob = decoding.greedy_decode(model, source_ids, 40)
+    greedy_length = np.sum(greedy_ids.numpy() != 0, axis=1)  # tokens including eos
+    greedy_score = greedy_log_prob.numpy() / decoding.length_penalty(greedy_length, alpha)
+    ids, scores = decoding.beam_search(model, source_ids, 40, beam_size=4, alpha=alpha,
+                                       return_all=True)
+    assert np.all(scores.numpy()[:, 0] >= greedy_score.numpy() - 1e-4)
+    assert np.all(np.diff(scores.numpy(), axis=1) <= 1e-6)  # hypotheses sorted best first
+    # The model has learnt the task: the best beam is mostly the reversed source.
+    lengths = np.sum(source_ids != 0, axis=1)
+    exact = [np.array_equal(ids[row, 0, :n], source_ids[row, :n][::-1])
+             for row, n in enumerate(lengths)]
+    assert np.mean(exact) >= 0.9
+
+
+def test_beam_search_graph_equals_xla(trained):
+    model, source_ids = trained
+    run = lambda jit: tf.function(  # noqa: E731
+        lambda s: decoding.beam_search(model, s, 40, 4, 0.6), jit_compile=jit)(source_ids)
+    (graph_ids, graph_scores), (xla_ids, xla_scores) = run(False), run(True)
+    np.testing.assert_array_equal(graph_ids, xla_ids)
+    np.testing.assert_allclose(graph_scores, xla_scores, atol=1e-4)

@@ -1,0 +1,87 @@
+"""The exported SavedModel: signatures, reload without project code, awkward input."""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_transformer.export.saved_model import export_saved_model
+from keras_transformer.tokenizer import SubwordTokenizer
+
+SENTENCES = ["A man in a blue shirt is standing on a ladder.", "Two dogs play in the snow.",
+             "A woman reads a book."]
+
+# Runs in `python -I` with this project's modules made unimportable.
+FRESH_PROCESS = """
+import sys
+class NoProject:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "keras_transformer":
+            raise ImportError("this process must not import " + name)
+sys.meta_path.insert(0, NoProject())
+import tensorflow as tf, tensorflow_text
+model = tf.saved_model.load(sys.argv[1])
+for name in ("serving_default", "greedy"):
+    out = model.signatures[name](tf.constant(sys.argv[2:]))["translations"]
+    print(name + "\\t" + "\\t".join(t.decode() for t in out.numpy()))
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory):
+    model = keras.models.load_model(os.path.join(tiny_run, "model.keras"))
+    tokenizer = SubwordTokenizer.load(os.path.join(tiny_run, "tokenizer.model"))
+    path = str(tmp_path_factory.mktemp("export") / "saved_model")
+    translator = export_saved_model(model, tokenizer, path)
+    return path, translator
+
+
+def test_fresh_process_without_project_gives_same_translations(exported):
+    path, translator = exported
+    expected = {
+        "serving_default": [t.decode() for t in translator.beam(tf.constant(SENTENCES))[
+            "translations"].numpy()],
+        "greedy": [t.decode() for t in translator.greedy(tf.constant(SENTENCES))[
+            "translations"].numpy()],
+    }
+    result = subprocess.run([sys.executable, "-I", "-c", FRESH_PROCESS, path, *SENTENCES],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = dict(line.split("\t", 1) for line in result.stdout.strip().splitlines())
+    for name, translations in expected.items():
+        assert lines[name].split("\t") == translations
+    assert any(expected["serving_default"])
+
+
+def test_saved_model_cli_lists_signatures(exported):
+    path, _ = exported
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    out = subprocess.run([cli, "show", "--dir", path, "--all"], capture_output=True, text=True,
+                         timeout=300).stdout
+    for name in ("serving_default", "greedy", "translate_ids", "attention"):
+        assert f"signature_def['{name}']" in out
+
+
+def test_awkward_input_gives_defined_output(exported):
+    _, translator = exported
+    batch = tf.constant(["", "A dog.", b"broken \xff\xfe bytes", "x" * 10_000, "   "])
+    out = translator.beam(batch)["translations"].numpy()
+    assert out.shape == (5,)
+    assert out[0] == b"" and out[4] == b""
+    assert out[2].decode("utf-8")  # valid UTF-8 out, something translated
+    assert translator.greedy(tf.constant([], tf.string))["translations"].shape == (0,)
+
+
+def test_id_and_attention_signatures(exported):
+    _, translator = exported
+    ids = translator.text.encode_text(tf.constant(SENTENCES[:2]))
+    out = translator.translate_ids(tf.cast(ids, tf.int32))
+    assert out["ids"].shape[0] == 2 and out["scores"].shape == (2,)
+    att = translator.attention(tf.constant(SENTENCES[:1]), tf.constant(["Ein Mann."]))
+    cross = att["cross"].numpy()  # [layers, batch, heads, target, source]
+    assert cross.shape[:2] == (2, 1) and cross.shape[-1] == att["source_ids"].shape[1]
+    np.testing.assert_allclose(cross.sum(-1), 1.0, atol=1e-5)
