@@ -30,6 +30,12 @@ def _average(args):
     print(f"averaged {len(paths)} checkpoints into {out}")
 
 
+def _plot(args):
+    from keras_transformer.training.plot import plot_history
+
+    print(f"wrote {plot_history(args.run, args.out)}")
+
+
 def _evaluate(args):
     from keras_transformer.training.evaluate import evaluate_run
 
@@ -103,6 +109,11 @@ def build_parser():
     average.add_argument("--last", type=int, default=5)
     average.add_argument("--out", help="output .keras file (default: the run's model.keras)")
     average.set_defaults(func=_average)
+    plot = commands.add_parser("plot", help="plot a run's learning curves to a PNG")
+    plot.add_argument("--run", required=True)
+    plot.add_argument("--out", help="PNG path (default: RUN/learning_curve.png)")
+    plot.set_defaults(func=_plot)
+
     export = commands.add_parser("export", help="export a run as a SavedModel (or TFLite)")
     export.add_argument("--run", required=True, help="a training run directory")
     export.add_argument("--format", default="saved_model", choices=("saved_model",))

@@ -102,3 +102,9 @@ def test_killed_run_resumes_from_backup(tmp_path):
     assert resumed_at >= 1  # the second run did not start over at epoch 0
     assert summary["epochs_this_run"] == 4 - resumed_at
     assert epochs[-1] == 3
+
+
+def test_plot_writes_learning_curve_png(tiny_run, tmp_path):
+    out = tmp_path / "curve.png"
+    assert cli.main(["plot", "--run", tiny_run, "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
