@@ -9,4 +9,4 @@ from keras_transformer.config import PRESETS, TransformerConfig  # noqa: E402
 from keras_transformer.model import Transformer  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["PRESETS", "Transformer", "TransformerConfig"]
+__all__ = ["PRESETS", "Transformer", "TransformerConfig", "layers", "losses", "masks", "schedules"]

@@ -10,7 +10,6 @@ import time
 
 import keras
 import numpy as np
-import pytest
 import yaml
 
 from keras_transformer import cli

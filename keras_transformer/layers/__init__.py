@@ -6,3 +6,9 @@ from keras_transformer.layers.embedding import TokenEmbedding
 from keras_transformer.layers.encoder import EncoderLayer, TransformerEncoder
 from keras_transformer.layers.feed_forward import PositionwiseFeedForward
 from keras_transformer.layers.positional_encoding import SinusoidalPositionalEncoding, sinusoids
+
+__all__ = [
+    "DecoderLayer", "EncoderLayer", "MultiHeadAttention", "PositionwiseFeedForward",
+    "SinusoidalPositionalEncoding", "TokenEmbedding", "TransformerDecoder", "TransformerEncoder",
+    "scaled_dot_product_attention", "sinusoids",
+]
