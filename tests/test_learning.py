@@ -5,17 +5,20 @@ import numpy as np
 import keras_transformer as kt
 from keras_transformer.losses import MaskedAccuracy, MaskedCrossEntropy
 from keras_transformer.schedules import paper_optimizer
+from keras_transformer.tokenizer import BOS_ID, EOS_ID
 
-BOS, EOS, VOCAB, MAX_LEN = 1, 2, 12, 8
+BOS, EOS, VOCAB, MAX_LEN = BOS_ID, EOS_ID, 12, 8
 
 
 def reverse_task(rng, n):
-    """Random sequences of ids 3..11; the target is the reversed sequence then EOS."""
+    """Random sequences of ids 4..11; the target is the reversed sequence then eos.
+
+    bos/eos are the tokenizer's ids, which the decoders use."""
     source = np.zeros((n, MAX_LEN), "int32")
     target_in = np.zeros((n, MAX_LEN + 1), "int32")
     target_out = np.zeros((n, MAX_LEN + 1), "int32")
     for i, length in enumerate(rng.integers(3, MAX_LEN + 1, n)):
-        tokens = rng.integers(3, VOCAB, length)
+        tokens = rng.integers(EOS + 1, VOCAB, length)
         source[i, :length] = tokens
         target_in[i, 0], target_in[i, 1:length + 1] = BOS, tokens[::-1]
         target_out[i, :length], target_out[i, length] = tokens[::-1], EOS
