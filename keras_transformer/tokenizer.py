@@ -73,10 +73,3 @@ class SubwordTokenizer(tf.Module):
             ids = tf.ragged.boolean_mask(ids, before_eos)
         ids = tf.ragged.boolean_mask(ids, ids > EOS_ID)
         return self.fast.detokenize(ids)
-
-    def id_to_piece(self, ids):
-        """Subword strings for a list of ids, for labelling attention plots."""
-        import sentencepiece
-
-        processor = sentencepiece.SentencePieceProcessor(model_proto=self.model_proto)
-        return [processor.id_to_piece(int(i)) for i in ids]
