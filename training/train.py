@@ -66,8 +66,11 @@ def build_model(config, tokenizer, strategy):
 def callbacks(config, run_dir):
     training = config.training
     return [
+        # double_checkpoint keeps the previous backup: a kill in the middle of writing
+        # the latest one (a corrupt .h5) falls back to it instead of failing to resume.
         keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"),
-                                         save_freq=training.backup_every),
+                                         save_freq=training.backup_every,
+                                         double_checkpoint=True),
         keras.callbacks.ModelCheckpoint(
             os.path.join(run_dir, "checkpoints", "ckpt-e{epoch:03d}-b{batch:06d}.weights.h5"),
             save_weights_only=True, save_freq=training.checkpoint_every,
