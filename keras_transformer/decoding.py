@@ -59,15 +59,14 @@ def greedy_decode(model, source_ids, max_length, max_extra_length=50):
         tf.zeros([batch], tf.float32),
         model.init_cache(memory, max_length),
     )
+    kernels = model.step_kernels()
 
     def not_done(t, tokens, finished, scores, cache):
         return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(finished)))
 
     def step(t, tokens, finished, scores, cache):
-        logits, cache = model.decode_step(tokens[:, t], t, cache, source_mask)
-        log_probs = _only_eos_past_budget(tf.nn.log_softmax(logits), t, limits[:, None])
-        best = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
-        best_log_prob = tf.gather(log_probs, best, batch_dims=1)
+        logits, cache = model.decode_step(tokens[:, t], t, cache, source_mask, kernels)
+        best, best_log_prob = _greedy_pick(logits, t, limits)
         scores += tf.where(finished, 0.0, best_log_prob)
         tokens = _write(tokens, t + 1, tf.where(finished, PAD_ID, best))
         finished = tf.logical_or(finished, tf.equal(best, EOS_ID))
@@ -93,8 +92,7 @@ def greedy_decode_uncached(model, source_ids, max_length, max_extra_length=50):
 
     def step(t, tokens, finished):
         logits = model.decode(tokens[:, : t + 1], memory, source_mask, training=False)[:, -1]
-        log_probs = _only_eos_past_budget(tf.nn.log_softmax(logits), t, limits[:, None])
-        best = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
+        best, _ = _greedy_pick(logits, t, limits)
         tokens = _write(tokens, t + 1, tf.where(finished, PAD_ID, best))
         return t + 1, tokens, tf.logical_or(finished, tf.equal(best, EOS_ID))
 
@@ -103,6 +101,15 @@ def greedy_decode_uncached(model, source_ids, max_length, max_extra_length=50):
                                  shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None]),
                                                    tf.TensorShape([None])))
     return tokens[:, 1:]
+
+
+def _greedy_pick(logits, t, limits):
+    """The most likely token (eos where position t + 1 is the last allowed) and its
+    log-probability, without materialising log-softmax over the vocabulary."""
+    best = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    best = tf.where(t + 1 >= limits, EOS_ID, best)
+    log_prob = tf.gather(logits, best, batch_dims=1) - tf.reduce_logsumexp(logits, axis=-1)
+    return best, log_prob
 
 
 def _only_eos_past_budget(log_probs, t, limits):
@@ -157,6 +164,7 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
         tf.fill([batch, k], _NEG_INF),
         model.init_cache(memory, max_length),
     )
+    kernels = model.step_kernels()
 
     def not_done(t, alive, alive_scores, finished, finished_scores, cache):
         best_possible = alive_scores[:, 0] / max_penalty
@@ -165,7 +173,7 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
 
     def step(t, alive, alive_scores, finished, finished_scores, cache):
         logits, cache = model.decode_step(tf.reshape(alive[:, :, t], [-1]), t, cache,
-                                          source_mask)
+                                          source_mask, kernels)
         log_probs = tf.reshape(tf.nn.log_softmax(logits), [batch, k, vocab])
         log_probs = _only_eos_past_budget(log_probs, t, limits[:, None, None])
         candidates = tf.reshape(alive_scores[:, :, None] + log_probs, [batch, k * vocab])

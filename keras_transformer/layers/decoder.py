@@ -68,19 +68,30 @@ class DecoderLayer(_ResidualLayer):
         empty = ops.zeros(shape, dtype=cross_key.dtype)
         return {"key": empty, "value": empty, "cross_key": cross_key, "cross_value": cross_value}
 
-    def step(self, x, cache, index, memory_mask=None):
-        """Decode position `index`: `x` is `[batch, 1, d]`. Returns `(x, cache, weights)`."""
+    def step_kernels(self):
+        """Attention weights in the 2-D form `step` runs fastest with (see attention.py)."""
+        return {"self": self.self_attention.step_kernels(),
+                "cross": self.cross_attention.step_kernels(fuse_key_value=False)}
+
+    def step(self, x, cache, index, memory_mask=None, kernels=None):
+        """Decode position `index`: `x` is `[batch, 1, d]`. Returns `(x, cache, weights)`.
+
+        `kernels`: `step_kernels()` prepared once before the decoding loop (optional).
+        """
+        kernels = self.step_kernels() if kernels is None else kernels
         new_cache = dict(cache)
 
         def self_attend(h):
             out, weights, new_cache["key"], new_cache["value"] = self.self_attention.step(
-                h, cache["key"], cache["value"], index
+                h, cache["key"], cache["value"], index, kernels["self"]
             )
             return out, weights
 
         def cross_attend(h):
             mask = None if memory_mask is None else ops.expand_dims(memory_mask, 1)
-            return self.cross_attention.attend(h, cache["cross_key"], cache["cross_value"], mask)
+            return self.cross_attention.attend(
+                h, cache["cross_key"], cache["cross_value"], mask, kernels=kernels["cross"]
+            )
 
         x, self_weights = self._residual(x, self.self_attention_norm, self_attend, False)
         x, cross_weights = self._residual(x, self.cross_attention_norm, cross_attend, False)
@@ -121,11 +132,17 @@ class TransformerDecoder(_Stack):
         """A list with one cache dict per layer (see module docstring)."""
         return [layer.init_cache(memory, max_length) for layer in self.blocks]
 
-    def step(self, x, cache, index, memory_mask=None):
+    def step_kernels(self):
+        """One `DecoderLayer.step_kernels()` per layer, to prepare before a decoding loop."""
+        return [layer.step_kernels() for layer in self.blocks]
+
+    def step(self, x, cache, index, memory_mask=None, kernels=None):
         """Decode position `index` through all layers. Returns `(x, cache, weights)`."""
+        kernels = self.step_kernels() if kernels is None else kernels
         new_cache, all_weights = [], []
-        for layer, layer_cache in zip(self.blocks, cache):
-            x, layer_cache, weights = layer.step(x, layer_cache, index, memory_mask)
+        for layer, layer_cache, layer_kernels in zip(self.blocks, cache, kernels):
+            x, layer_cache, weights = layer.step(x, layer_cache, index, memory_mask,
+                                                 layer_kernels)
             new_cache.append(layer_cache)
             all_weights.append(weights)
         return self._finish(x), new_cache, all_weights
