@@ -39,8 +39,10 @@ def _plot(args):
 def _evaluate(args):
     from keras_transformer.training.evaluate import evaluate_run
 
+    if args.model and not os.path.isdir(args.model):
+        raise FileNotFoundError(f"--model {args.model}: no such SavedModel directory")
     result = evaluate_run(args.run, split=args.split, beam_size=args.beam,
-                          lowercase=args.lowercase, limit=args.limit)
+                          lowercase=args.lowercase, limit=args.limit, model_path=args.model)
     print(result["signature"])
     print(f"BLEU = {result['bleu']:.2f}")
 
@@ -94,10 +96,13 @@ def build_parser():
     train.add_argument("--out", help="run directory (default: runs/<config name>)")
     train.add_argument("--verbose", default="auto", help="Keras fit verbosity: auto, 0, 1, 2")
     train.add_argument("--no-evaluate", action="store_true", help="skip BLEU on the test split")
-    train.set_defaults(func=_train, beam=None, lowercase=False, limit=None)
+    train.set_defaults(func=_train, beam=None, lowercase=False, limit=None, model=None)
 
     evaluate = commands.add_parser("evaluate", help="translate a split and score with sacreBLEU")
-    evaluate.add_argument("--run", required=True, help="a training run directory")
+    evaluate.add_argument("--run", required=True,
+                          help="a training run directory (its corpus and evaluation settings)")
+    evaluate.add_argument("--model", help="score this exported SavedModel instead of the run's "
+                                          "Keras model")
     evaluate.add_argument("--split", default="test", choices=("valid", "test"))
     evaluate.add_argument("--beam", type=int, help="beam size (default: the run's config)")
     evaluate.add_argument("--lowercase", action="store_true", help="case-insensitive BLEU")
@@ -140,7 +145,7 @@ def main(argv=None):
 
     try:
         args.func(args)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"keras-transformer: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,5 +1,6 @@
 """The exported SavedModel: signatures, reload without project code, awkward input."""
 
+import json
 import os
 import subprocess
 import sys
@@ -85,3 +86,23 @@ def test_id_and_attention_signatures(exported):
     cross = att["cross"].numpy()  # [layers, batch, heads, target, source]
     assert cross.shape[:2] == (2, 1) and cross.shape[-1] == att["source_ids"].shape[1]
     np.testing.assert_allclose(cross.sum(-1), 1.0, atol=1e-5)
+
+
+def test_evaluate_scores_the_saved_model_like_the_keras_model(tiny_run, exported):
+    from keras_transformer import cli
+    from keras_transformer.training.evaluate import evaluate_run
+
+    path, _ = exported
+    keras_report = evaluate_run(tiny_run, beam_size=1, limit=16, verbose=0)
+    assert cli.main(["evaluate", "--run", tiny_run, "--model", path, "--beam", "1",
+                     "--limit", "16"]) == 0
+    with open(os.path.join(tiny_run, "bleu.test.saved_model.json")) as f:
+        saved_report = json.load(f)
+    with open(os.path.join(tiny_run, "test.saved_model.hyp"), encoding="utf-8") as f:
+        saved_hyps = f.read().splitlines()
+    with open(os.path.join(tiny_run, "test.hyp"), encoding="utf-8") as f:
+        keras_hyps = f.read().splitlines()
+    assert len(saved_hyps) == 16 and saved_hyps == keras_hyps
+    assert saved_report["bleu"] == keras_report["bleu"]
+    assert saved_report["model"] == path
+    assert cli.main(["evaluate", "--run", tiny_run, "--model", path + "-missing"]) == 2

@@ -136,14 +136,16 @@ class MultiHeadAttention(keras.layers.Layer):
         attention, whose keys and values are cached) prepares the query alone.
         """
         width = self.num_heads * self.key_dim
+
+        def prepared(name, shape):  # in the compute dtype, as a layer call would read it
+            return ops.cast(ops.reshape(getattr(self, name), shape), self.compute_dtype)
+
         parts = ("query", "key", "value") if fuse_key_value else ("query",)
-        kernels = [ops.reshape(getattr(self, f"{p}_kernel"), (-1, width)) for p in parts]
-        biases = [ops.reshape(getattr(self, f"{p}_bias"), (width,)) for p in parts]
         return {
-            "query": ops.concatenate(kernels, axis=1),
-            "query_bias": ops.concatenate(biases, axis=0),
-            "output": ops.reshape(self.output_kernel, (width, -1)),
-            "output_bias": self.output_bias,
+            "query": ops.concatenate([prepared(f"{p}_kernel", (-1, width)) for p in parts], 1),
+            "query_bias": ops.concatenate([prepared(f"{p}_bias", (width,)) for p in parts], 0),
+            "output": prepared("output_kernel", (width, -1)),
+            "output_bias": prepared("output_bias", (-1,)),
         }
 
     def _flat_heads(self, x, kernel, bias, parts):
