@@ -125,7 +125,9 @@ def _gather_beams(tensor, indices, batch, beam_size):
     by_row = tf.reshape(tensor, tf.concat([[batch, -1], shape[1:]], 0))
     picked = tf.gather(by_row, indices, batch_dims=1)
     out = tf.reshape(picked, tf.concat([[batch * beam_size], shape[1:]], 0))
-    return tf.ensure_shape(out, tensor.shape)
+    if not tf.executing_eagerly():
+        out.set_shape(tensor.shape)  # static shape for the loop; no op (TFLite has none)
+    return out
 
 
 def _tile_beams(tensor, beam_size):

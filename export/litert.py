@@ -1,0 +1,79 @@
+"""Run and inspect exported .tflite translators with the standalone LiteRT interpreter.
+
+`ai-edge-litert` is the runtime apps ship; tensorflow-text's registrar supplies the
+tokenizer custom ops. This module needs neither this project's model code nor Keras.
+
+Example:
+>>> translate = litert_translator("model.tflite")            # doctest: +SKIP
+>>> translate(["A dog runs."])                                # doctest: +SKIP
+[b'Ein Hund rennt.']
+"""
+
+import numpy as np
+
+FORBIDDEN_OPS = ("VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "FlexDelegate")
+
+
+def load_interpreter(path, num_threads=None):
+    """A LiteRT interpreter for `path` with tensorflow-text's custom ops registered."""
+    import tensorflow_text as tf_text
+    from ai_edge_litert.interpreter import InterpreterWithCustomOps
+
+    return InterpreterWithCustomOps(
+        custom_op_registerers=tf_text.tflite_registrar.SELECT_TFTEXT_OPS,
+        model_path=path, num_threads=num_threads)
+
+
+def operator_names(path):
+    """Names of every operator in the flatbuffer, all subgraphs (custom ops by their code)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    with open(path, "rb") as f:
+        model = schema.Model.GetRootAsModel(f.read(), 0)
+    builtin = {code: name for name, code in vars(schema.BuiltinOperator).items()
+               if not name.startswith("_")}
+    names = set()
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        if code.CustomCode():
+            names.add(code.CustomCode().decode())
+        else:
+            names.add(builtin[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())])
+    return names
+
+
+def check_operators(path):
+    """Raise if the model holds variable ops (silent NaN) or Flex ops (no runtime has them)."""
+    names = operator_names(path)
+    bad = sorted(n for n in names if n in FORBIDDEN_OPS or n.startswith("Flex"))
+    custom = sorted(n for n in names if n.isascii() and not n.isupper() and
+                    not n.startswith("TFText>"))
+    if bad or custom:
+        raise ValueError(f"{path}: unsupported operators {bad + custom}")
+    return names
+
+
+def litert_translator(path, beam_size=4, num_threads=None):
+    """`translate(list_of_str) -> list of bytes` with the `translate` (beam) or `greedy`
+    signature; sentences run one at a time (the string signatures take one)."""
+    runner = load_interpreter(path, num_threads).get_signature_runner(
+        "greedy" if beam_size == 1 else "translate")
+
+    def translate(sentences):
+        return [runner(sentence=np.array([s], dtype=object))["translation"][0]
+                for s in sentences]
+
+    return translate
+
+
+def litert_ids(path, source_ids, beam_size=4, num_threads=None):
+    """Decode padded `source_ids [batch, len]` with the `translate_ids` / `greedy_ids`
+    signature; returns `(ids, scores)` as numpy arrays."""
+    runner = load_interpreter(path, num_threads).get_signature_runner(
+        "greedy_ids" if beam_size == 1 else "translate_ids")
+    out = runner(source_ids=np.asarray(source_ids, np.int32))
+    return out["ids"], out["scores"]
+
+
+__all__ = ["check_operators", "litert_ids", "litert_translator", "load_interpreter",
+           "operator_names"]

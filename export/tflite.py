@@ -1,0 +1,206 @@
+"""Convert a trained translator to TFLite: the whole decoding loop inside the flatbuffer.
+
+Two files come out of `convert_tflite`:
+
+- the translator (`FILE.tflite`), signatures
+  - `translate`: `sentence` string `[1]` → `translation` string `[1]`, beam search
+    (beam 4, α 0.6 by default); `greedy`: the same with greedy decoding;
+  - `translate_ids` / `greedy_ids`: `source_ids` int32 `[batch, len]` (pad 0) → `ids`
+    int32 `[batch, max_output_length]` (eos, then pad) and `scores`;
+- the streaming variant (`FILE.step.tflite`), for apps that show tokens as they come:
+  `encode`: `source_ids [1, len]` → per-layer cross-attention keys/values and the source
+  mask; `decode_step`: one token, its position and the explicit fixed-size cache →
+  `logits [1, vocab]` and the updated cache. `init_cache` describes the cache shapes.
+
+The decoding loops use TFLite builtin ops only; tokenization and detokenization are
+tensorflow-text custom ops (FastSentencepiece, RaggedTensorToTensor), registered with
+`tensorflow_text.tflite_registrar.SELECT_TFTEXT_OPS`. No Flex (select TF) ops.
+
+Weights are frozen: every Keras variable is replaced by a constant while the functions are
+traced (`keras.StatelessScope`), so the flatbuffer holds no VAR_HANDLE / READ_VARIABLE ops
+— with those a .tflite can load and silently return NaN. The string signatures take one
+sentence (tf-text's batched FastSentencepiece detokenize crashed in TFLite); batch through
+the id signatures. Unlike the SavedModel, the edge model does not repair invalid UTF-8
+(that needs `tf.strings` ops, which are Flex): pass valid UTF-8.
+"""
+
+import contextlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_transformer import decoding
+from keras_transformer.tokenizer import EOS_ID
+
+QUANTIZATIONS = ("none", "float16", "int8")
+
+
+class FrozenWeights:
+    """A snapshot of a model's weights; `scope()` makes traced code read them as constants."""
+
+    def __init__(self, model):
+        self.variables = list(model.weights)
+        self.values = [np.asarray(v.numpy()) for v in self.variables]  # eager snapshot
+
+    @contextlib.contextmanager
+    def scope(self):
+        mapping = [(v, tf.constant(value, dtype=v.dtype))
+                   for v, value in zip(self.variables, self.values)]
+        with keras.StatelessScope(state_mapping=mapping):
+            yield
+
+
+class EdgeTranslator(tf.Module):
+    """The functions converted to TFLite (also callable in TensorFlow, for checking).
+
+    Args:
+        model: a trained `keras_transformer.Transformer`.
+        tokenizer: its `SubwordTokenizer`.
+        max_output_length: static output (and cache) length; each sentence also stops
+            after source length + `max_extra_length` tokens.
+        max_source_length: sentences are cut to this many subword tokens.
+    """
+
+    def __init__(self, model, tokenizer, beam_size=4, alpha=0.6, max_extra_length=50,
+                 max_output_length=128, max_source_length=256):
+        super().__init__(name="edge_translator")
+        self._model = model  # not tracked: the functions hold its weights as constants
+        self._weights = FrozenWeights(model)
+        self._tokenizer = tokenizer
+        self.beam_size, self.alpha = beam_size, alpha
+        self.max_extra_length = max_extra_length
+        self.max_output_length = max_output_length
+        self.max_source_length = max_source_length
+
+    def _decode(self, source_ids, beam_size):
+        with self._weights.scope():
+            return decoding.decode(self._model, source_ids, self.max_output_length, beam_size,
+                                   self.alpha, self.max_extra_length)
+
+    def _source_ids(self, sentence):
+        """One sentence → `[1, length]` ids, with dense ops only (ragged slicing and
+        `to_tensor` would add ops that neither TFLite nor tf-text's registrar provide)."""
+        ids = self._tokenizer.tokenize(sentence).flat_values[: self.max_source_length]
+        return tf.expand_dims(ids, 0)
+
+    def _text(self, sentence, beam_size):
+        ids, _ = self._decode(self._source_ids(sentence), beam_size)
+        ids = ids[0]
+        # Up to the first eos, without special ids: the same rule as SubwordTokenizer.
+        before_eos = tf.equal(tf.cumsum(tf.cast(tf.equal(ids, EOS_ID), tf.int32)), 0)
+        pieces = tf.boolean_mask(ids, tf.logical_and(before_eos, ids > EOS_ID))
+        splits = tf.stack([0, tf.size(pieces)])  # int32: with int64 splits LiteRT returned ""
+        ragged = tf.RaggedTensor.from_row_splits(pieces, splits, validate=False)
+        return {"translation": self._tokenizer.fast.detokenize(ragged)}
+
+    @tf.function(input_signature=[tf.TensorSpec([1], tf.string, name="sentence")])
+    def translate(self, sentence):
+        return self._text(sentence, self.beam_size)
+
+    @tf.function(input_signature=[tf.TensorSpec([1], tf.string, name="sentence")])
+    def greedy(self, sentence):
+        return self._text(sentence, 1)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="source_ids")])
+    def translate_ids(self, source_ids):
+        ids, scores = self._decode(source_ids, self.beam_size)
+        return {"ids": ids, "scores": scores}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="source_ids")])
+    def greedy_ids(self, source_ids):
+        ids, scores = self._decode(source_ids, 1)
+        return {"ids": ids, "scores": scores}
+
+    def concrete_functions(self):
+        return [self.translate.get_concrete_function(), self.greedy.get_concrete_function(),
+                self.translate_ids.get_concrete_function(),
+                self.greedy_ids.get_concrete_function()]
+
+
+class EdgeStepper(tf.Module):
+    """Encoder + one decoder step with an explicit cache, as separate signatures.
+
+    Cache tensors are named `self_key_{i}`, `self_value_{i}` (`[1, heads,
+    max_output_length, head_dim]`, start as zeros) and `cross_key_{i}`, `cross_value_{i}`
+    (from `encode`), for decoder layer i. Feed bos at index 0, then each chosen token.
+    """
+
+    def __init__(self, model, max_output_length=128):
+        super().__init__(name="edge_stepper")
+        self._model = model
+        self._weights = FrozenWeights(model)
+        self.max_output_length = max_output_length
+        self.layers = model.config.num_decoder_layers
+        heads = model.config.num_heads
+        self.cache_shape = (1, heads, max_output_length, model.config.d_model // heads)
+        cache_spec = tf.TensorSpec([1, heads, None, self.cache_shape[-1]], tf.float32)
+        self_spec = tf.TensorSpec(self.cache_shape, tf.float32)
+        self.decode_step = tf.function(self._decode_step, input_signature=[{
+            "token": tf.TensorSpec([1], tf.int32), "index": tf.TensorSpec([], tf.int32),
+            "source_mask": tf.TensorSpec([1, None], tf.bool),
+            **{f"{kind}_{i}": self_spec for i in range(self.layers)
+               for kind in ("self_key", "self_value")},
+            **{f"{kind}_{i}": cache_spec for i in range(self.layers)
+               for kind in ("cross_key", "cross_value")},
+        }])
+
+    @tf.function(input_signature=[tf.TensorSpec([1, None], tf.int32, name="source_ids")])
+    def encode(self, source_ids):
+        with self._weights.scope():
+            memory, source_mask = self._model.encode(source_ids, training=False)
+            cache = self._model.init_cache(memory, 1)
+        out = {"source_mask": source_mask}
+        for i, layer in enumerate(cache):
+            out[f"cross_key_{i}"], out[f"cross_value_{i}"] = layer["cross_key"], layer["cross_value"]
+        return out
+
+    def _decode_step(self, inputs):
+        cache = [{"key": inputs[f"self_key_{i}"], "value": inputs[f"self_value_{i}"],
+                  "cross_key": inputs[f"cross_key_{i}"], "cross_value": inputs[f"cross_value_{i}"]}
+                 for i in range(self.layers)]
+        with self._weights.scope():
+            logits, cache = self._model.decode_step(inputs["token"], inputs["index"], cache,
+                                                    inputs["source_mask"])
+        out = {"logits": logits}
+        for i, layer in enumerate(cache):
+            out[f"self_key_{i}"], out[f"self_value_{i}"] = layer["key"], layer["value"]
+        return out
+
+    def concrete_functions(self):
+        return [self.encode.get_concrete_function(), self.decode_step.get_concrete_function()]
+
+
+def to_tflite(module, quantize="none"):
+    """Convert a module's functions (builtins + tf-text custom ops) to flatbuffer bytes."""
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        module.concrete_functions(), module)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.allow_custom_ops = True  # tensorflow-text tokenizer ops only (checked)
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # int8: dynamic-range weights
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    return converter.convert()
+
+
+def convert_tflite(model, tokenizer, out_path, quantize="none", beam_size=4, alpha=0.6,
+                   max_extra_length=50, max_output_length=128):
+    """Write `out_path` (translator) and `out_path` with `.step.tflite` (streaming variant).
+
+    Returns the two paths.
+    """
+    translator = EdgeTranslator(model, tokenizer, beam_size, alpha, max_extra_length,
+                                max_output_length)
+    stepper = EdgeStepper(model, max_output_length)
+    step_path = out_path[: -len(".tflite")] + ".step.tflite" if out_path.endswith(
+        ".tflite") else out_path + ".step.tflite"
+    for module, path in ((translator, out_path), (stepper, step_path)):
+        with open(path, "wb") as f:
+            f.write(to_tflite(module, quantize))
+    return out_path, step_path
+
+
+__all__ = ["EdgeStepper", "EdgeTranslator", "convert_tflite", "FrozenWeights", "to_tflite"]
