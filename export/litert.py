@@ -42,6 +42,28 @@ def operator_names(path):
     return names
 
 
+def buffer_bytes_by_type(path):
+    """Bytes of constant data (weights, vocabulary) per tensor type, e.g. `{"INT8": …}`."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    with open(path, "rb") as f:
+        model = schema.Model.GetRootAsModel(f.read(), 0)
+    type_names = {code: name for name, code in vars(schema.TensorType).items()
+                  if not name.startswith("_")}
+    buffer_type = {}
+    for g in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(g)
+        for t in range(subgraph.TensorsLength()):
+            tensor = subgraph.Tensors(t)
+            buffer_type.setdefault(tensor.Buffer(), type_names[tensor.Type()])
+    totals = {}
+    for index, name in buffer_type.items():
+        size = model.Buffers(index).DataLength() if index < model.BuffersLength() else 0
+        if size:
+            totals[name] = totals.get(name, 0) + size
+    return totals
+
+
 def check_operators(path):
     """Raise if the model holds variable ops (silent NaN) or Flex ops (no runtime has them)."""
     names = operator_names(path)
@@ -75,5 +97,5 @@ def litert_ids(path, source_ids, beam_size=4, num_threads=None):
     return out["ids"], out["scores"]
 
 
-__all__ = ["check_operators", "litert_ids", "litert_translator", "load_interpreter",
+__all__ = ["buffer_bytes_by_type", "check_operators", "litert_ids", "litert_translator", "load_interpreter",
            "operator_names"]

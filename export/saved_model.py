@@ -91,4 +91,18 @@ def export_saved_model(model, tokenizer, out_dir, beam_size=4, alpha=0.6, max_ex
     return translator
 
 
-__all__ = ["Translator", "export_saved_model"]
+def saved_model_translator(path, beam_size=4):
+    """`translate(list_of_str) -> bytes array` with an exported SavedModel: its `greedy`
+    signature for beam size 1, else `serving_default` (the beam it was exported with)."""
+    import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
+
+    signature = tf.saved_model.load(path).signatures[
+        "greedy" if beam_size == 1 else "serving_default"]
+
+    def translate(batch):
+        return signature(tf.constant(batch, tf.string))["translations"].numpy()
+
+    return translate
+
+
+__all__ = ["Translator", "export_saved_model", "saved_model_translator"]

@@ -134,16 +134,20 @@ class EdgeStepper(tf.Module):
         self.layers = model.config.num_decoder_layers
         heads = model.config.num_heads
         self.cache_shape = (1, heads, max_output_length, model.config.d_model // heads)
-        cache_spec = tf.TensorSpec([1, heads, None, self.cache_shape[-1]], tf.float32)
-        self_spec = tf.TensorSpec(self.cache_shape, tf.float32)
-        self.decode_step = tf.function(self._decode_step, input_signature=[{
-            "token": tf.TensorSpec([1], tf.int32), "index": tf.TensorSpec([], tf.int32),
-            "source_mask": tf.TensorSpec([1, None], tf.bool),
-            **{f"{kind}_{i}": self_spec for i in range(self.layers)
-               for kind in ("self_key", "self_value")},
-            **{f"{kind}_{i}": cache_spec for i in range(self.layers)
-               for kind in ("cross_key", "cross_value")},
-        }])
+        shapes = {"token": ([1], tf.int32), "index": ([], tf.int32),
+                  "source_mask": ([1, None], tf.bool)}
+        for i in range(self.layers):
+            for kind in ("self_key", "self_value"):
+                shapes[f"{kind}_{i}"] = (self.cache_shape, tf.float32)
+            for kind in ("cross_key", "cross_value"):
+                shapes[f"{kind}_{i}"] = ([1, heads, None, self.cache_shape[-1]], tf.float32)
+        specs = {name: tf.TensorSpec(shape, dtype, name=name)
+                 for name, (shape, dtype) in shapes.items()}
+
+        def decode_step(inputs):  # the TFLite signature key is this function's name
+            return self._decode_step(inputs)
+
+        self.decode_step = tf.function(decode_step, input_signature=[specs])
 
     @tf.function(input_signature=[tf.TensorSpec([1, None], tf.int32, name="source_ids")])
     def encode(self, source_ids):

@@ -39,15 +39,31 @@ def _plot(args):
 def _evaluate(args):
     from keras_transformer.training.evaluate import evaluate_run
 
-    if args.model and not os.path.isdir(args.model):
-        raise FileNotFoundError(f"--model {args.model}: no such SavedModel directory")
+    translate, name = None, None
+    if args.model:
+        translate, name = _exported_translator(args.model, args.beam or 4)
     result = evaluate_run(args.run, split=args.split, beam_size=args.beam,
-                          lowercase=args.lowercase, limit=args.limit, model_path=args.model)
+                          lowercase=args.lowercase, limit=args.limit, translate=translate,
+                          model_name=name)
     print(result["signature"])
     print(f"BLEU = {result['bleu']:.2f}")
 
 
+def _exported_translator(path, beam_size):
+    """(translate, name) for a SavedModel directory or a .tflite file (run in LiteRT)."""
+    if path.endswith(".tflite") and os.path.isfile(path):
+        from keras_transformer.export.litert import litert_translator
+
+        return litert_translator(path, beam_size), os.path.basename(path)[: -len(".tflite")]
+    if os.path.isdir(path):
+        from keras_transformer.export.saved_model import saved_model_translator
+
+        return saved_model_translator(path, beam_size), os.path.basename(os.path.normpath(path))
+    raise FileNotFoundError(f"--model {path}: no such SavedModel directory or .tflite file")
+
+
 def _export(args):
+    from keras_transformer.training.config import ConfigError
     from keras_transformer.training.evaluate import load_run
 
     config, model, tokenizer = load_run(args.run)
@@ -59,6 +75,19 @@ def _export(args):
         export_saved_model(model, tokenizer, out, evaluation.beam_size, evaluation.alpha,
                            evaluation.max_extra_length)
         print(f"SavedModel written to {out}")
+    else:
+        from keras_transformer.export.litert import check_operators
+        from keras_transformer.export.tflite import convert_tflite
+
+        out = args.out or os.path.join(args.run, f"model.{args.quantize}.tflite")
+        if not out.endswith(".tflite"):
+            raise ConfigError(f"--out {out}: a TFLite file name ends in .tflite")
+        paths = convert_tflite(model, tokenizer, out, args.quantize, evaluation.beam_size,
+                               evaluation.alpha, evaluation.max_extra_length,
+                               args.max_output_length)
+        for path in paths:
+            check_operators(path)
+            print(f"TFLite model written to {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
 
 
 def _read_sentences(args):
@@ -70,18 +99,10 @@ def _read_sentences(args):
 
 
 def _translate(args):
-    import tensorflow as tf
-    import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
-
     from keras_transformer.training.evaluate import translate_lines
 
-    model = tf.saved_model.load(args.model)
-    signature = model.signatures["serving_default" if args.beam != 1 else "greedy"]
+    translate, _ = _exported_translator(args.model, args.beam)
     sentences = _read_sentences(args)
-
-    def translate(batch):
-        return signature(tf.constant(batch, tf.string))["translations"].numpy()
-
     verbose = 1 if len(sentences) > args.batch_size and sys.stderr.isatty() else 0
     for line in translate_lines(translate, sentences, args.batch_size, verbose):
         print(line)
@@ -101,8 +122,8 @@ def build_parser():
     evaluate = commands.add_parser("evaluate", help="translate a split and score with sacreBLEU")
     evaluate.add_argument("--run", required=True,
                           help="a training run directory (its corpus and evaluation settings)")
-    evaluate.add_argument("--model", help="score this exported SavedModel instead of the run's "
-                                          "Keras model")
+    evaluate.add_argument("--model", help="score this exported SavedModel directory or .tflite "
+                                          "file (LiteRT) instead of the run's Keras model")
     evaluate.add_argument("--split", default="test", choices=("valid", "test"))
     evaluate.add_argument("--beam", type=int, help="beam size (default: the run's config)")
     evaluate.add_argument("--lowercase", action="store_true", help="case-insensitive BLEU")
@@ -119,14 +140,20 @@ def build_parser():
     plot.add_argument("--out", help="PNG path (default: RUN/learning_curve.png)")
     plot.set_defaults(func=_plot)
 
-    export = commands.add_parser("export", help="export a run as a SavedModel (or TFLite)")
+    export = commands.add_parser("export", help="export a run as a SavedModel or TFLite model")
     export.add_argument("--run", required=True, help="a training run directory")
-    export.add_argument("--format", default="saved_model", choices=("saved_model",))
-    export.add_argument("--out", help="output path (default: inside the run directory)")
+    export.add_argument("--format", default="saved_model", choices=("saved_model", "tflite"))
+    export.add_argument("--out", help="output path (default: inside the run directory); for "
+                                      "tflite also writes the streaming variant *.step.tflite")
+    export.add_argument("--quantize", default="none", choices=("none", "float16", "int8"),
+                        help="tflite weights: float32, float16, or int8 dynamic range")
+    export.add_argument("--max-output-length", type=int, default=128,
+                        help="tflite: static output length (the decoding cache size)")
     export.set_defaults(func=_export)
 
-    translate = commands.add_parser("translate", help="translate with an exported SavedModel")
-    translate.add_argument("--model", required=True, help="a SavedModel directory")
+    translate = commands.add_parser("translate", help="translate with an exported model")
+    translate.add_argument("--model", required=True,
+                           help="a SavedModel directory or a .tflite file (run in LiteRT)")
     translate.add_argument("--beam", type=int, default=4,
                            help="1: greedy; otherwise the exported beam search (beam 4)")
     translate.add_argument("--file", help="read sentences from this file (default: stdin)")

@@ -104,5 +104,5 @@ def test_evaluate_scores_the_saved_model_like_the_keras_model(tiny_run, exported
         keras_hyps = f.read().splitlines()
     assert len(saved_hyps) == 16 and saved_hyps == keras_hyps
     assert saved_report["bleu"] == keras_report["bleu"]
-    assert saved_report["model"] == path
+    assert saved_report["model"] == "saved_model"
     assert cli.main(["evaluate", "--run", tiny_run, "--model", path + "-missing"]) == 2

@@ -54,39 +54,22 @@ def load_run(run_dir):
     return config, model, tokenizer
 
 
-def saved_model_translator(path, beam_size):
-    """`translate(list_of_str)` with an exported SavedModel: its `greedy` signature for
-    beam size 1, else `serving_default` (the beam search it was exported with)."""
-    import tensorflow as tf
-    import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
-
-    loaded = tf.saved_model.load(path)
-    signature = loaded.signatures["greedy" if beam_size == 1 else "serving_default"]
-
-    def translate(batch):
-        return signature(tf.constant(batch, tf.string))["translations"].numpy()
-
-    return translate
-
-
 def evaluate_run(run_dir, split="test", beam_size=None, lowercase=None, limit=None,
-                 verbose=1, model_path=None):
+                 verbose=1, translate=None, model_name=None):
     """Translate a split of the run's corpus and write `{split}.hyp` and `bleu.{split}.json`.
 
-    With `model_path` (an exported SavedModel directory) that model translates instead
-    of the run's Keras model, and the files are named `{split}.{name}.hyp` and
-    `bleu.{split}.{name}.json` after the model's base name.
+    `translate` (`list_of_str -> strings`, e.g. an exported SavedModel or .tflite file,
+    see `keras_transformer.export`) replaces the run's Keras model; the files are then
+    named `{split}.{model_name}.hyp` and `bleu.{split}.{model_name}.json`.
     """
     config = load_config(os.path.join(run_dir, "config.yaml"))
     evaluation = config.evaluation
     beam_size = beam_size or evaluation.beam_size
     lowercase = evaluation.lowercase if lowercase is None else lowercase
-    if model_path:
-        translate = saved_model_translator(model_path, beam_size)
-        suffix = "." + os.path.basename(os.path.normpath(model_path))
-    else:
+    if translate is None:
         translate = _run_translator(run_dir, beam_size, evaluation)
-        suffix = ""
+        model_name = None
+    suffix = f".{model_name}" if model_name else ""
     sources, references = corpus.split_lines(config.data, split)
     if limit:
         sources, references = sources[:limit], references[:limit]
@@ -96,7 +79,7 @@ def evaluate_run(run_dir, split="test", beam_size=None, lowercase=None, limit=No
     with open(os.path.join(run_dir, f"{split}{suffix}.hyp"), "w", encoding="utf-8") as f:
         f.writelines(h + "\n" for h in hypotheses)
     report = {"split": split, "sentences": len(sources), "beam_size": beam_size,
-              "alpha": evaluation.alpha, "model": model_path or os.path.join(run_dir, "model.keras"),
+              "alpha": evaluation.alpha, "model": model_name or "model.keras",
               "bleu": round(result.score, 2), "signature": signature, "detail": str(result)}
     with open(os.path.join(run_dir, f"bleu.{split}{suffix}.json"), "w") as f:
         json.dump(report, f, indent=2)

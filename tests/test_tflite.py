@@ -1,0 +1,135 @@
+"""TFLite export run in the standalone LiteRT interpreter (ai-edge-litert), tiny trained model."""
+
+import gzip
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_transformer.export import litert
+from keras_transformer.export.tflite import EdgeStepper, EdgeTranslator, convert_tflite
+from keras_transformer.tokenizer import BOS_ID, EOS_ID, SubwordTokenizer
+from keras_transformer.training.data import multi30k_paths
+from keras_transformer.translation import TextTranslator
+
+MAX_OUTPUT = 48
+
+
+def first_test_sentences(count=12):
+    path = multi30k_paths("test_2016_flickr", "en", "de")[0]
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [next(f).strip() for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def run_parts(tiny_run):
+    model = keras.models.load_model(os.path.join(tiny_run, "model.keras"))
+    tokenizer = SubwordTokenizer.load(os.path.join(tiny_run, "tokenizer.model"))
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def edge_fp32(run_parts, tmp_path_factory):
+    model, tokenizer = run_parts
+    out = str(tmp_path_factory.mktemp("edge") / "model.tflite")
+    return convert_tflite(model, tokenizer, out, "none", beam_size=2,
+                          max_output_length=MAX_OUTPUT)
+
+
+def test_flatbuffers_hold_no_variables_and_only_builtin_or_tftext_ops(edge_fp32):
+    for path in edge_fp32:
+        names = litert.check_operators(path)
+        assert not {"VAR_HANDLE", "READ_VARIABLE"} & names
+        assert all(n.isupper() or n.startswith("TFText>") for n in names)
+    translator_ops = litert.operator_names(edge_fp32[0])
+    assert "WHILE" in translator_ops  # the decoding loop runs inside the model
+    assert {"TFText>FastSentencepieceTokenize", "TFText>FastSentencepieceDetokenize"} <= (
+        translator_ops)
+
+
+def test_litert_strings_equal_tensorflow_decoding(run_parts, edge_fp32):
+    model, tokenizer = run_parts
+    sentences = first_test_sentences()
+    reference = TextTranslator(model, tokenizer, max_extra_length=50, jit_compile=False)
+    for beam in (1, 2):
+        ours = litert.litert_translator(edge_fp32[0], beam)(sentences)
+        expected = reference.translate(sentences, beam, 0.6).numpy()
+        assert [t.decode() for t in ours] == [t.decode() for t in expected]
+    assert any(ours)
+
+
+def test_litert_ids_equal_edge_module_in_tensorflow(run_parts, edge_fp32):
+    model, tokenizer = run_parts
+    ids = tokenizer.tokenize(first_test_sentences(6)).to_tensor().numpy()
+    module = EdgeTranslator(model, tokenizer, beam_size=2, max_output_length=MAX_OUTPUT)
+    for beam, function in ((1, module.greedy_ids), (2, module.translate_ids)):
+        got_ids, got_scores = litert.litert_ids(edge_fp32[0], ids, beam)
+        want = function(tf.constant(ids))
+        np.testing.assert_array_equal(got_ids, want["ids"].numpy())
+        np.testing.assert_allclose(got_scores, want["scores"].numpy(), atol=1e-4)
+        assert got_ids.shape == (len(ids), MAX_OUTPUT)
+
+
+def test_streaming_variant_steps_to_the_greedy_output(run_parts, edge_fp32):
+    model, tokenizer = run_parts
+    source = tokenizer.tokenize(first_test_sentences(1)).to_tensor().numpy()
+    expected = litert.litert_ids(edge_fp32[0], source, beam_size=1)[0][0]
+    interpreter = litert.load_interpreter(edge_fp32[1])
+    encode = interpreter.get_signature_runner("encode")
+    step = interpreter.get_signature_runner("decode_step")
+    cache = encode(source_ids=source)
+    shape = EdgeStepper(model, MAX_OUTPUT).cache_shape
+    for i in range(model.config.num_decoder_layers):
+        cache[f"self_key_{i}"] = np.zeros(shape, np.float32)
+        cache[f"self_value_{i}"] = np.zeros(shape, np.float32)
+    token, tokens = BOS_ID, []
+    budget = int((source != 0).sum()) + 50
+    for index in range(MAX_OUTPUT):
+        out = step(token=np.array([token], np.int32), index=np.array(index, np.int32), **cache)
+        token = EOS_ID if index + 1 >= budget else int(np.argmax(out.pop("logits")[0]))
+        out.pop("logits", None)
+        cache.update(out)
+        tokens.append(token)
+        if token == EOS_ID:
+            break
+    np.testing.assert_array_equal(tokens, expected[: len(tokens)])
+    assert tokens[-1] == EOS_ID or len(tokens) == MAX_OUTPUT
+
+
+@pytest.mark.parametrize("quantize", ["float16", "int8"])
+def test_quantized_models_are_smaller_and_translate(run_parts, edge_fp32, tmp_path, quantize):
+    model, tokenizer = run_parts
+    out = str(tmp_path / f"model.{quantize}.tflite")
+    path, _ = convert_tflite(model, tokenizer, out, quantize, beam_size=2,
+                             max_output_length=MAX_OUTPUT)
+    litert.check_operators(path)
+    assert os.path.getsize(path) < os.path.getsize(edge_fp32[0])
+    fp32_bytes = litert.buffer_bytes_by_type(edge_fp32[0])
+    quantized_bytes = litert.buffer_bytes_by_type(path)
+    stored_as = {"float16": "FLOAT16", "int8": "INT8"}[quantize]
+    assert quantized_bytes.get(stored_as, 0) > 0.2 * fp32_bytes["FLOAT32"]
+    assert quantized_bytes.get("FLOAT32", 0) < 0.5 * fp32_bytes["FLOAT32"]
+    sentences = first_test_sentences(4)
+    fp32 = litert.litert_translator(edge_fp32[0], 1)(sentences)
+    quantized = litert.litert_translator(path, 1)(sentences)
+    assert len(quantized) == 4 and all(isinstance(t, bytes) for t in quantized)
+    assert sum(a == b for a, b in zip(fp32, quantized)) >= 2  # weights close to fp32
+
+
+def test_cli_exports_tflite_and_evaluates_it_in_litert(tiny_run, tmp_path):
+    from keras_transformer import cli
+
+    out = str(tmp_path / "cli.tflite")
+    assert cli.main(["export", "--run", tiny_run, "--format", "tflite", "--out", out,
+                     "--max-output-length", "32"]) == 0
+    assert os.path.exists(out) and os.path.exists(str(tmp_path / "cli.step.tflite"))
+    assert cli.main(["evaluate", "--run", tiny_run, "--model", out, "--beam", "1",
+                     "--limit", "8"]) == 0
+    with open(os.path.join(tiny_run, "bleu.test.cli.json")) as f:
+        report = json.load(f)
+    assert report["sentences"] == 8 and report["model"] == "cli"
+    assert cli.main(["export", "--run", tiny_run, "--format", "tflite",
+                     "--out", str(tmp_path / "no_suffix")]) == 2
