@@ -187,6 +187,12 @@ def to_tflite(module, quantize="none"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]  # int8: dynamic-range weights
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
+    if quantize == "int8":
+        # One scale per dense weight instead of one per output channel. Per channel, the
+        # shared embedding was stored twice (lookup and output projection are quantized
+        # differently) and each of the 12 subgraphs repeated the 8,000 vocabulary scales:
+        # 12.2 MiB (40 % of fp32) vs 8.8 MiB (29 %) for the small model, same BLEU.
+        converter._experimental_disable_per_channel_quantization_for_dense_layers = True
     return converter.convert()
 
 
