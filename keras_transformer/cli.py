@@ -108,6 +108,37 @@ def _translate(args):
         print(line)
 
 
+def _attention(args):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
+
+    from keras_transformer.tokenizer import SubwordTokenizer
+    from keras_transformer.visualization import plot_attention
+
+    if not os.path.isdir(args.model):
+        raise FileNotFoundError(f"--model {args.model}: no such SavedModel directory")
+    loaded = tf.saved_model.load(args.model)
+    sentence = tf.constant([args.sentence])
+    target = args.target
+    if target is None:
+        target = loaded.signatures["greedy"](sentence)["translations"].numpy()[0].decode()
+    out = loaded.signatures["attention"](sources=sentence, targets=tf.constant([target]))
+    tokenizer = SubwordTokenizer.load(loaded.vocabulary.asset_path.numpy().decode())
+    source_tokens = tokenizer.pieces(out["source_ids"].numpy()[0])
+    target_tokens = tokenizer.pieces(out["target_ids"].numpy()[0])
+    stacked = out[args.kind].numpy()  # [layers, batch, heads, queries, keys]
+    layer = args.layer % stacked.shape[0]
+    weights = stacked[layer, 0]
+    queries = source_tokens if args.kind == "encoder" else target_tokens
+    figure = plot_attention(weights, queries, source_tokens,
+                            title=f"{args.kind} attention, layer {layer + 1} of {stacked.shape[0]}: {target}")
+    figure.savefig(args.out, dpi=110)
+    print(f"{target}\nwrote {args.out}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="keras-transformer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +191,16 @@ def build_parser():
     translate.add_argument("--batch-size", type=int, default=32)
     translate.add_argument("sentences", nargs="*", help="sentences to translate")
     translate.set_defaults(func=_translate)
+
+    attention = commands.add_parser("attention", help="plot attention weights for a sentence")
+    attention.add_argument("--model", required=True, help="an exported SavedModel directory")
+    attention.add_argument("--kind", default="cross", choices=("cross", "encoder"),
+                           help="cross: target to source; encoder: source self-attention")
+    attention.add_argument("--layer", type=int, default=-1, help="layer index (default: last)")
+    attention.add_argument("--target", help="target sentence (default: the greedy translation)")
+    attention.add_argument("--out", default="attention.png", help="PNG path")
+    attention.add_argument("sentence", help="the source sentence")
+    attention.set_defaults(func=_attention)
     return parser
 
 

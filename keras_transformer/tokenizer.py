@@ -58,6 +58,14 @@ class SubwordTokenizer(tf.Module):
         with tf.io.gfile.GFile(path, "wb") as f:
             f.write(self.model_proto)
 
+    def pieces(self, ids):
+        """Subword strings of a sequence of ids (for plot labels), with `<s>`, `</s>`, `<pad>`."""
+        import sentencepiece
+
+        processor = sentencepiece.SentencePieceProcessor(model_proto=self.model_proto)
+        names = {PAD_ID: "<pad>", BOS_ID: "<s>", EOS_ID: "</s>"}
+        return [names.get(int(i)) or processor.id_to_piece(int(i)) for i in ids]
+
     def tokenize(self, text):
         """Strings `[batch]` → RaggedTensor of int32 ids, without bos/eos."""
         return tf.cast(self.fast.tokenize(text), tf.int32)

@@ -106,3 +106,34 @@ def test_evaluate_scores_the_saved_model_like_the_keras_model(tiny_run, exported
     assert saved_report["bleu"] == keras_report["bleu"]
     assert saved_report["model"] == "saved_model"
     assert cli.main(["evaluate", "--run", tiny_run, "--model", path + "-missing"]) == 2
+
+
+def test_attention_maps_plot_for_a_trained_model(tiny_run, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from keras_transformer.visualization import attention_map, plot_attention
+
+    model = keras.models.load_model(os.path.join(tiny_run, "model.keras"))
+    tokenizer = SubwordTokenizer.load(os.path.join(tiny_run, "tokenizer.model"))
+    weights, queries, keys = attention_map(model, tokenizer, SENTENCES[1], "Zwei Hunde.")
+    assert weights.shape == (model.config.num_heads, len(queries), len(keys))
+    assert queries[0] == "<s>" and len(keys) == len(tokenizer.tokenize([SENTENCES[1]])[0])
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+    figure = plot_attention(weights, queries, keys, title="cross")
+    assert len(figure.axes[0].images) == 1
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == keys
+    with pytest.raises(ValueError, match="kind"):
+        attention_map(model, tokenizer, "a", "b", kind="sideways")
+
+
+def test_cli_writes_an_attention_png(exported, tmp_path):
+    from keras_transformer import cli
+
+    path, _ = exported
+    out = str(tmp_path / "attention.png")
+    assert cli.main(["attention", "--model", path, "--out", out, "--kind", "encoder",
+                     SENTENCES[0]]) == 0
+    with open(out, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(["attention", "--model", path + "-missing", "--out", out, "x"]) == 2
