@@ -13,9 +13,14 @@ def _train(args):
     run_dir = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
     _, _, summary = train(config, run_dir, verbose=args.verbose)
     print(f"trained {summary['steps']} steps; run saved in {run_dir}")
+    args.run, args.split = run_dir, "test"
     if not args.no_evaluate:
-        args.run, args.split = run_dir, "test"
         _evaluate(args)
+    if not args.no_export:
+        for args.format, args.out in (("saved_model", os.path.join(run_dir, "saved_model")),
+                                      ("tflite", os.path.join(run_dir, "model.int8.tflite"))):
+            args.quantize, args.max_output_length = "int8", 128
+            _export(args)
 
 
 def _average(args):
@@ -148,6 +153,8 @@ def build_parser():
     train.add_argument("--out", help="run directory (default: runs/<config name>)")
     train.add_argument("--verbose", default="auto", help="Keras fit verbosity: auto, 0, 1, 2")
     train.add_argument("--no-evaluate", action="store_true", help="skip BLEU on the test split")
+    train.add_argument("--no-export", action="store_true",
+                       help="skip exporting RUN/saved_model and RUN/model.int8.tflite")
     train.set_defaults(func=_train, beam=None, lowercase=False, limit=None, model=None)
 
     evaluate = commands.add_parser("evaluate", help="translate a split and score with sacreBLEU")

@@ -19,7 +19,8 @@ from tests.conftest import TINY_CONFIG
 
 def test_run_directory_has_everything(tiny_run):
     for name in ("config.yaml", "tokenizer.model", "model.keras", "summary.json",
-                 "history.csv", "logs"):
+                 "history.csv", "logs", "saved_model/saved_model.pb", "model.int8.tflite",
+                 "model.int8.step.tflite"):
         assert os.path.exists(os.path.join(tiny_run, name)), name
     summary = json.load(open(os.path.join(tiny_run, "summary.json")))
     assert summary["steps"] > 0 and summary["epochs_this_run"] == 2
@@ -80,7 +81,7 @@ def test_killed_run_resumes_from_backup(tmp_path):
     path.write_text(yaml.safe_dump(config))
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "keras_transformer.cli", "train", "--config", str(path),
-               "--out", str(run_dir), "--verbose", "0", "--no-evaluate"]
+               "--out", str(run_dir), "--verbose", "0", "--no-evaluate", "--no-export"]
     first = subprocess.Popen(command)
     metadata = run_dir / "backup" / "training_metadata.json"
     deadline = time.time() + 300
