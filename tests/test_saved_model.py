@@ -137,3 +137,18 @@ def test_cli_writes_an_attention_png(exported, tmp_path):
     with open(out, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["attention", "--model", path + "-missing", "--out", out, "x"]) == 2
+
+
+def test_cli_translates_arguments_and_files(exported, tmp_path, capsys):
+    from keras_transformer import cli
+
+    path, translator = exported
+    expected = [t.decode() for t in translator.greedy(tf.constant(SENTENCES))[
+        "translations"].numpy()]
+    capsys.readouterr()
+    assert cli.main(["translate", "--model", path, "--beam", "1", *SENTENCES]) == 0
+    assert capsys.readouterr().out.splitlines() == expected
+    source = tmp_path / "sentences.txt"
+    source.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    assert cli.main(["translate", "--model", path, "--beam", "1", "--file", str(source)]) == 0
+    assert capsys.readouterr().out.splitlines() == expected

@@ -133,3 +133,13 @@ def test_cli_exports_tflite_and_evaluates_it_in_litert(tiny_run, tmp_path):
     assert report["sentences"] == 8 and report["model"] == "cli"
     assert cli.main(["export", "--run", tiny_run, "--format", "tflite",
                      "--out", str(tmp_path / "no_suffix")]) == 2
+
+
+def test_cli_translates_with_a_tflite_file(edge_fp32, capsys):
+    from keras_transformer import cli
+
+    sentences = first_test_sentences(3)
+    expected = [t.decode() for t in litert.litert_translator(edge_fp32[0], 2)(sentences)]
+    capsys.readouterr()
+    assert cli.main(["translate", "--model", edge_fp32[0], "--beam", "2", *sentences]) == 0
+    assert capsys.readouterr().out.splitlines() == expected

@@ -108,3 +108,15 @@ def test_plot_writes_learning_curve_png(tiny_run, tmp_path):
     out = tmp_path / "curve.png"
     assert cli.main(["plot", "--run", tiny_run, "--out", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_cli_average_checkpoints_writes_the_averaged_model(tiny_run, tmp_path):
+    out = str(tmp_path / "averaged.keras")
+    assert cli.main(["average-checkpoints", "--run", tiny_run, "--last", "2",
+                     "--out", out]) == 0
+    averaged = keras.models.load_model(out)
+    paths = list_checkpoints(os.path.join(tiny_run, "checkpoints"))[-2:]
+    reference = keras.models.load_model(os.path.join(tiny_run, "model.keras"))
+    average_checkpoints(reference, paths)
+    for got, want in zip(averaged.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(got, want, atol=1e-6)
