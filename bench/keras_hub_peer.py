@@ -1,10 +1,11 @@
-"""The decoding peer: an encoder-decoder of keras-hub layers, decoded by keras-hub samplers.
+"""The peer: an encoder-decoder of keras-hub layers, trained with fit, decoded by its samplers.
 
 Same size as the "small" preset (3 + 3 layers, d_model 256, 4 heads, d_ff 1024, post-norm,
 vocab 8000). Generation follows keras-hub's own Seq2SeqLM recipe (BART's `generate_step`):
 encode, seed the per-layer self- and cross-attention caches with one decoder pass over the
 padded prompt, then let `GreedySampler` / `BeamSampler` call `next` once per new token with
-the cache index. Used only by bench/decode.py; needs `pip install -e ".[bench]"`.
+the cache index. `training_model` is the same stack as a functional `keras.Model` for
+bench/train.py. Needs `pip install -e ".[bench]"`.
 """
 
 import keras
@@ -83,3 +84,25 @@ def compiled_decoders(peer, new_tokens):
         "keras-hub BeamSampler 4, XLA": tf.function(
             lambda s: peer.generate(s, new_tokens, beam), jit_compile=True),
     }
+
+
+def training_model(config, max_len=128):
+    """Functional keras-hub seq2seq with the sizes of a `TransformerConfig`, for `model.fit`.
+
+    Inputs `(source_ids, target_in_ids)`, output logits `[batch, tgt_len, vocab]`; separate
+    source/target embeddings with learned positions and a Dense head, as keras-hub builds it.
+    """
+    source = keras.Input((None,), dtype="int32", name="source_ids")
+    target = keras.Input((None,), dtype="int32", name="target_ids")
+    layer_args = dict(intermediate_dim=config.d_ff, num_heads=config.num_heads,
+                      dropout=config.dropout)
+    x = keras_hub.layers.TokenAndPositionEmbedding(
+        config.vocab_size, max_len, config.d_model, mask_zero=True)(source)
+    for _ in range(config.num_encoder_layers):
+        x = keras_hub.layers.TransformerEncoder(**layer_args)(x)
+    y = keras_hub.layers.TokenAndPositionEmbedding(
+        config.output_vocab_size, max_len, config.d_model, mask_zero=True)(target)
+    for _ in range(config.num_decoder_layers):
+        y = keras_hub.layers.TransformerDecoder(**layer_args)(y, encoder_sequence=x)
+    logits = keras.layers.Dense(config.output_vocab_size)(y)
+    return keras.Model([source, target], logits)
