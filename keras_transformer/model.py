@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_transformer.config import TransformerConfig
 from keras_transformer.layers.decoder import TransformerDecoder
+from keras_transformer.layers.dropout import Dropout
 from keras_transformer.layers.embedding import TokenEmbedding
 from keras_transformer.layers.encoder import TransformerEncoder
 from keras_transformer.layers.positional_encoding import SinusoidalPositionalEncoding, sinusoids
@@ -51,7 +52,7 @@ class Transformer(keras.Model):
                 name="target_embedding", dtype=policy,
             )
         self.positional_encoding = SinusoidalPositionalEncoding(dtype=policy)
-        self.embedding_dropout = keras.layers.Dropout(config.dropout, dtype=policy)
+        self.embedding_dropout = Dropout(config.dropout, dtype=policy)
         self.encoder = TransformerEncoder(config.num_encoder_layers, name="encoder", **stack_kwargs)
         self.decoder = TransformerDecoder(config.num_decoder_layers, name="decoder", **stack_kwargs)
         self.output_projection = None

@@ -14,6 +14,7 @@ import math
 import keras
 from keras import ops
 
+from keras_transformer.layers.dropout import Dropout
 from keras_transformer.masks import combine_masks
 
 # Added to the logits of masked keys. Finite, so a row whose keys are all masked
@@ -67,7 +68,7 @@ class MultiHeadAttention(keras.layers.Layer):
         self.dropout = dropout
         self.output_dim = output_dim
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.attention_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.attention_dropout = Dropout(dropout, dtype=self.dtype_policy)
         self.supports_masking = True
 
     def build(self, query_shape, value_shape=None, key_shape=None):

@@ -8,6 +8,7 @@ final LayerNorm on the stack (pre-LN, which trains more stably without warmup).
 import keras
 
 from keras_transformer.layers.attention import MultiHeadAttention
+from keras_transformer.layers.dropout import Dropout
 from keras_transformer.layers.feed_forward import PositionwiseFeedForward
 
 
@@ -24,7 +25,7 @@ class _ResidualLayer(keras.layers.Layer):
         self.activation_dropout = activation_dropout
         self.norm_first = norm_first
         self.layer_norm_epsilon = layer_norm_epsilon
-        self.residual_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+        self.residual_dropout = Dropout(dropout, dtype=self.dtype_policy)
         self.supports_masking = True
 
     def _attention(self, name, d_model):

@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_transformer.layers.dropout import Dropout
+
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
 class PositionwiseFeedForward(keras.layers.Layer):
@@ -25,7 +27,7 @@ class PositionwiseFeedForward(keras.layers.Layer):
         self.activation = activation
         self.inner = keras.layers.Dense(d_ff, activation=activation, name="inner",
                                         dtype=self.dtype_policy)
-        self.dropout = keras.layers.Dropout(activation_dropout, dtype=self.dtype_policy)
+        self.dropout = Dropout(activation_dropout, dtype=self.dtype_policy)
         self.supports_masking = True
 
     def build(self, input_shape):
