@@ -158,6 +158,33 @@ def markdown(results):
     return "\n".join(lines)
 
 
+def plot(results, path):
+    """Grouped bars: tokens/s of ours and keras-hub per configuration, min–max as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["rows"]
+    labels = [f"{r['workload']}\n{r['precision'].replace('mixed_', '')}\nXLA {r['xla']}"
+              for r in rows]
+    fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 2, 4))
+    for offset, (name, label) in zip((-0.2, 0.2), (("ours", "keras-transformer"),
+                                                   ("keras_hub", "keras-hub"))):
+        xs = [i + offset for i, r in enumerate(rows) if name in r]
+        values = [r[name]["tokens_per_second"] for r in rows if name in r]
+        errors = [[v - r[name]["spread"][0] for v, r in zip(values, (r for r in rows if name in r))],
+                  [r[name]["spread"][1] - v for v, r in zip(values, (r for r in rows if name in r))]]
+        ax.bar(xs, values, width=0.4, yerr=errors, capsize=3, label=label)
+    ax.set_xticks(range(len(rows)), labels, fontsize=8)
+    ax.set_ylabel("target tokens / s (model.fit)")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("Training throughput, median of windows (bars: min–max)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
@@ -204,6 +231,7 @@ def main(argv=None):
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
+    plot(results, os.path.splitext(args.out)[0] + ".png")
 
 
 if __name__ == "__main__":
