@@ -6,7 +6,7 @@
 Runs, one after the other on an otherwise idle machine (each script's docstring says what
 it measures and how):
 
-    bench/train.py    training tokens/s and MFU, ours vs keras-hub      (~12 min on 2 cores)
+    bench/train.py    training tokens/s and MFU, ours vs keras-hub      (~13 min on 2 cores)
     bench/table1.py   self-attention vs LSTM vs convolution, Table 1     (~2 min)
     bench/decode.py   decoding latency, ours vs keras-hub samplers      (~4 min)
     bench/edge.py     LiteRT size / latency / BLEU of a run's .tflite   (with --run; ~1 min)
@@ -50,8 +50,7 @@ def train_section(results):
     return ["## Training throughput (`bench/train.py`)", "",
             f"Matmul peak measured in the same run (tf.matmul 2048²): fp32 {peaks['float32']} "
             f"GFLOP/s, bf16 {peaks['mixed_bfloat16']} GFLOP/s. Target tokens/s, median of "
-            f"{results['windows']} windows of {results['steps']} steps after "
-            f"{results['warmup']} warm-up steps.", "", train.markdown(results), "",
+            f"{results['windows']} windows after warm-up (steps per workload in train.json).", "", train.markdown(results), "",
             "![training throughput](train.png)", ""]
 
 
@@ -66,9 +65,17 @@ def table1_section(results):
         for i, n in enumerate(results["lengths"]):
             lines.append(f"| {width} | {n} | " + " | ".join(f"{times[k][i]:.2f}" for k in kinds)
                          + " |")
-    lines += ["", "Self-attention becomes slower than the LSTM from n ≈ "
-              + ", ".join(f"{results['crossover_n'][str(w)] or 'beyond the grid'} (d = {w})"
-                          for w in results["widths"]) + ".", "", "![Table 1](table1.png)", ""]
+    ratios = []
+    for w in results["widths"]:
+        times = results["times_ms"][str(w)]
+        first = times["self-attention"][0] / times["recurrent (LSTM)"][0]
+        last = times["self-attention"][-1] / times["recurrent (LSTM)"][-1]
+        cross = results["crossover_n"][str(w)]
+        ratios.append(f"d = {w}: {cross if cross else 'no crossover in the grid'} "
+                      f"(self-attention / LSTM time {first:.2f} at n = {results['lengths'][0]}, "
+                      f"{last:.2f} at n = {results['lengths'][-1]})")
+    lines += ["", "Length n from which self-attention is slower than the LSTM — "
+              + "; ".join(ratios) + ".", "", "![Table 1](table1.png)", ""]
     return lines
 
 

@@ -1,6 +1,6 @@
 """Table 1 of the paper, measured: one self-attention vs recurrent vs convolutional layer.
 
-    python bench/table1.py [--lengths 16 64 256 1024] [--widths 64 256 1024]
+    python bench/table1.py [--lengths 16 64 256 1024] [--widths 64 256 512]
                            [--out bench/results/table1.json]
 
 Table 1 gives the cost per layer as O(n²·d) for self-attention, O(n·d²) for a recurrent
@@ -106,7 +106,7 @@ def plot(results, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[16, 64, 256, 1024])
-    parser.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024])
+    parser.add_argument("--widths", type=int, nargs="+", default=[64, 256, 512])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--out", default="bench/results/table1.json")

@@ -12,9 +12,9 @@ Both models train with `model.fit` and Adam. Ours is the project's recipe (label
 masked cross-entropy, the paper's learning-rate schedule, masked accuracy). The peer
 (bench/keras_hub_peer.py) is keras-hub's TransformerEncoder/TransformerDecoder with
 `SparseCategoricalCrossentropy(from_logits=True)` and accuracy, as in keras-hub's examples.
-After `--warmup` steps (tracing, XLA compilation) each configuration runs `--windows`
-windows of `--steps` steps; the figure is the median window's target tokens/s, the spread
-is min–max. The fp32 and bf16 matmul peaks (tf.matmul 2048², median of 20) are measured in
+After warm-up steps (tracing, XLA compilation; 3 for small, 2 for base) each configuration
+runs `--windows` windows of steps (4 for small, 2 for base, a few seconds each); the figure
+is the median window's target tokens/s, the spread is min–max. The fp32 and bf16 matmul peaks (tf.matmul 2048², median of 20) are measured in
 the same run; MFU = model FLOP/s (3 x forward matmul FLOPs, `training_flops`) / peak of the
 configuration's compute dtype.
 """
@@ -36,8 +36,10 @@ from keras_transformer.losses import MaskedAccuracy, MaskedCrossEntropy
 from keras_transformer.schedules import paper_optimizer
 
 WORKLOADS = {
-    "small": dict(preset="small", vocab=8000, batch=64, source_len=32, target_len=32),
-    "base": dict(preset="base", vocab=32000, batch=16, source_len=32, target_len=32),
+    "small": dict(preset="small", vocab=8000, batch=64, source_len=32, target_len=32,
+                  warmup=3, steps=4),
+    "base": dict(preset="base", vocab=32000, batch=16, source_len=32, target_len=32,
+                 warmup=2, steps=2),
 }
 
 
@@ -193,8 +195,8 @@ def main(argv=None):
     parser.add_argument("--xla", nargs="+", default=["off", "on"], choices=["off", "on"])
     parser.add_argument("--models", nargs="+", default=["ours", "keras_hub"],
                         choices=["ours", "keras_hub"])
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--warmup", type=int, help="warm-up steps (default: per workload)")
+    parser.add_argument("--steps", type=int, help="steps per window (default: per workload)")
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--out", default="bench/results/train.json")
     args = parser.parse_args(argv)
@@ -210,8 +212,10 @@ def main(argv=None):
                 row = {"workload": size, "precision": precision, "xla": xla}
                 for name in args.models:
                     try:
-                        result = measure(builders[name], WORKLOADS[size], precision, xla == "on",
-                                         args.warmup, args.steps, args.windows)
+                        workload = WORKLOADS[size]
+                        result = measure(builders[name], workload, precision, xla == "on",
+                                         args.warmup or workload["warmup"],
+                                         args.steps or workload["steps"], args.windows)
                     except ImportError as error:
                         print(f"{name} skipped: {error}", flush=True)
                         continue
@@ -224,8 +228,7 @@ def main(argv=None):
                 rows.append(row)
     results = {
         "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
-        "workloads": WORKLOADS, "warmup": args.warmup, "steps": args.steps,
-        "windows": args.windows, "rows": rows,
+        "workloads": WORKLOADS, "windows": args.windows, "rows": rows,
     }
     print(markdown(results))
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
