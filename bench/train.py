@@ -14,7 +14,8 @@ masked cross-entropy, the paper's learning-rate schedule, masked accuracy). The 
 `SparseCategoricalCrossentropy(from_logits=True)` and accuracy, as in keras-hub's examples.
 After warm-up steps (tracing, XLA compilation; 3 for small, 2 for base) each configuration
 runs `--windows` windows of steps (4 for small, 2 for base, a few seconds each); the figure
-is the median window's target tokens/s, the spread is min–max. The fp32 and bf16 matmul peaks (tf.matmul 2048², median of 20) are measured in
+is the median window's target tokens/s, the spread is min–max. The fp32 and bf16 matmul
+peaks (tf.matmul 2048², median of 20) are measured in
 the same run; MFU = model FLOP/s (3 x forward matmul FLOPs, `training_flops`) / peak of the
 configuration's compute dtype.
 """
