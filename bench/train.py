@@ -15,9 +15,8 @@ masked cross-entropy, the paper's learning-rate schedule, masked accuracy). The 
 After warm-up steps (tracing, XLA compilation; 3 for small, 2 for base) each configuration
 runs `--windows` windows of steps (4 for small, 2 for base, a few seconds each); the figure
 is the median window's target tokens/s, the spread is min–max. The fp32 and bf16 matmul
-peaks (tf.matmul 2048², median of 20) are measured in
-the same run; MFU = model FLOP/s (3 x forward matmul FLOPs, `training_flops`) / peak of the
-configuration's compute dtype.
+peaks (tf.matmul 2048², median of 20) are measured in the same run; MFU = model FLOP/s
+(3 x forward matmul FLOPs, `training_flops`) / peak of the configuration's compute dtype.
 """
 
 import argparse
@@ -148,7 +147,8 @@ def markdown(results):
              "| ours MFU | keras-hub MFU |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for row in results["rows"]:
         ours, peer = row.get("ours"), row.get("keras_hub")
-        ratio = f"{ours['tokens_per_second'] / peer['tokens_per_second']:.2f}x" if peer else "–"
+        ratio = (f"{ours['tokens_per_second'] / peer['tokens_per_second']:.2f}x"
+                 if ours and peer else "–")
 
         def cell(r, key, fmt):
             return fmt.format(r[key]) if r else "–"
@@ -172,13 +172,14 @@ def plot(results, path):
     labels = [f"{r['workload']}\n{r['precision'].replace('mixed_', '')}\nXLA {r['xla']}"
               for r in rows]
     fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 2, 4))
-    for offset, (name, label) in zip((-0.2, 0.2), (("ours", "keras-transformer"),
-                                                   ("keras_hub", "keras-hub"))):
-        xs = [i + offset for i, r in enumerate(rows) if name in r]
-        values = [r[name]["tokens_per_second"] for r in rows if name in r]
-        errors = [[v - r[name]["spread"][0] for v, r in zip(values, (r for r in rows if name in r))],
-                  [r[name]["spread"][1] - v for v, r in zip(values, (r for r in rows if name in r))]]
-        ax.bar(xs, values, width=0.4, yerr=errors, capsize=3, label=label)
+    for offset, name, label in ((-0.2, "ours", "keras-transformer"),
+                                (0.2, "keras_hub", "keras-hub")):
+        present = [(i, r[name]) for i, r in enumerate(rows) if name in r]
+        values = [m["tokens_per_second"] for _, m in present]
+        errors = [[v - m["spread"][0] for v, (_, m) in zip(values, present)],
+                  [m["spread"][1] - v for v, (_, m) in zip(values, present)]]
+        ax.bar([i + offset for i, _ in present], values, width=0.4, yerr=errors, capsize=3,
+               label=label)
     ax.set_xticks(range(len(rows)), labels, fontsize=8)
     ax.set_ylabel("target tokens / s (model.fit)")
     ax.set_yscale("log")
