@@ -77,6 +77,17 @@ class Transformer(keras.Model):
             self.output_projection.build(hidden)
         self.built = True
 
+    def compile(self, *args, **kwargs):
+        """`keras.Model.compile`, then the optimizer's slot variables are created at once.
+
+        Without a distribution strategy Keras creates them while tracing the first
+        training step, and a `tf.function` that creates variables is traced a second
+        time: the first step of the "base" preset took 39 s instead of 20 s here.
+        """
+        super().compile(*args, **kwargs)
+        if self.optimizer is not None:
+            self.optimizer.build(self.trainable_variables)
+
     def call(self, inputs, training=None):
         source_ids, target_ids = _unpack(inputs)
         memory, source_mask = self.encode(source_ids, training=training)

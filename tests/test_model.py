@@ -100,6 +100,24 @@ def test_mixed_bfloat16_forward_and_backward_are_finite():
     assert all(np.all(np.isfinite(g)) for g in grads)
 
 
+def test_compile_builds_optimizer_so_fit_traces_the_step_once():
+    model = kt.Transformer(tiny_config())
+    model.compile(optimizer="adam", loss=kt.losses.MaskedCrossEntropy())
+    assert model.optimizer.built
+    traces = []
+    train_step = model.train_step
+
+    def counting_train_step(data):
+        traces.append(1)  # Python runs only while tf.function traces
+        return train_step(data)
+
+    model.train_step = counting_train_step
+    rng = np.random.default_rng(5)
+    src, tgt = random_ids(rng, 4, 6), random_ids(rng, 4, 5)
+    model.fit((src, tgt), np.roll(tgt, -1, axis=1), epochs=2, verbose=0)
+    assert len(traces) == 1
+
+
 def _step_by_step(model, src, tgt, max_length):
     memory, source_mask = model.encode(src)
     cache = model.init_cache(memory, max_length)
