@@ -6,10 +6,10 @@
 Runs, one after the other on an otherwise idle machine (each script's docstring says what
 it measures and how):
 
-    bench/train.py    training tokens/s and MFU, ours vs keras-hub      (~13 min on 2 cores)
-    bench/table1.py   self-attention vs LSTM vs convolution, Table 1     (~2 min)
-    bench/decode.py   decoding latency, ours vs keras-hub samplers      (~4 min)
-    bench/edge.py     LiteRT size / latency / BLEU of a run's .tflite   (with --run; ~1 min)
+    bench/train.py    training tokens/s and MFU, ours vs keras-hub      (~14 min on 2 cores)
+    bench/table1.py   self-attention vs LSTM vs convolution, Table 1     (~1.5 min)
+    bench/decode.py   decoding latency, ours vs keras-hub samplers      (~2 min)
+    bench/edge.py     LiteRT size / latency / BLEU of a run's .tflite   (with --run; ~0.5 min)
 
 and writes bench/results/README.md from their JSON files, next to train.png and table1.png.
 `--skip NAME ...` leaves a script out and reuses its last JSON.
