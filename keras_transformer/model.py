@@ -88,6 +88,12 @@ class Transformer(keras.Model):
         if self.optimizer is not None:
             self.optimizer.build(self.trainable_variables)
 
+    def compile_from_config(self, config):
+        # Keras declines to re-compile a loaded model whose class overrides `compile`;
+        # this one only adds the optimizer build, so a loaded `.keras` file compiles as
+        # saved (and its optimizer state is restored into the built slots).
+        self.compile(**keras.saving.deserialize_keras_object(config))
+
     def call(self, inputs, training=None):
         source_ids, target_ids = _unpack(inputs)
         memory, source_mask = self.encode(source_ids, training=training)

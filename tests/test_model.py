@@ -118,6 +118,24 @@ def test_compile_builds_optimizer_so_fit_traces_the_step_once():
     assert len(traces) == 1
 
 
+def test_compiled_model_loads_compiled_with_its_optimizer_state(tmp_path):
+    model = kt.Transformer(tiny_config())
+    model.compile(optimizer="adam", loss=kt.losses.MaskedCrossEntropy(label_smoothing=0.1),
+                  metrics=[kt.losses.MaskedAccuracy()])
+    rng = np.random.default_rng(6)
+    src, tgt = random_ids(rng, 4, 6), random_ids(rng, 4, 5)
+    model.fit((src, tgt), np.roll(tgt, -1, axis=1), epochs=3, verbose=0)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert loaded.compiled and loaded.optimizer.built
+    assert int(loaded.optimizer.iterations.numpy()) == 3
+    assert loaded.loss.label_smoothing == 0.1
+    np.testing.assert_allclose(loaded.optimizer.variables[-1].numpy(),
+                               model.optimizer.variables[-1].numpy())
+    loaded.fit((src, tgt), np.roll(tgt, -1, axis=1), epochs=1, verbose=0)
+    assert int(loaded.optimizer.iterations.numpy()) == 4
+
+
 def _step_by_step(model, src, tgt, max_length):
     memory, source_mask = model.encode(src)
     cache = model.init_cache(memory, max_length)
