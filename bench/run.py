@@ -50,8 +50,8 @@ def train_section(results):
     return ["## Training throughput (`bench/train.py`)", "",
             f"Matmul peak measured in the same run (tf.matmul 2048²): fp32 {peaks['float32']} "
             f"GFLOP/s, bf16 {peaks['mixed_bfloat16']} GFLOP/s. Target tokens/s, median of "
-            f"{results['windows']} windows after warm-up (steps per workload in train.json).", "", train.markdown(results), "",
-            "![training throughput](train.png)", ""]
+            f"{results['windows']} windows after warm-up (steps per workload in train.json).",
+            "", train.markdown(results), "", "![training throughput](train.png)", ""]
 
 
 def table1_section(results):
