@@ -37,7 +37,8 @@ setup(
         "tensorboard>=2.20",
     ],
     extras_require={
-        "test": ["pytest>=8", "ai-edge-litert==2.3.*", "nbclient", "nbformat", "ipykernel"],
+        "test": ["pytest>=8", "hypothesis", "ai-edge-litert==2.3.*", "nbclient", "nbformat",
+                 "ipykernel"],
         "bench": ["keras-hub==0.32.*"],
     },
     entry_points={"console_scripts": ["keras-transformer=keras_transformer.cli:main"]},

@@ -11,6 +11,8 @@ Example:
 
 import numpy as np
 
+from keras_transformer.export.settings import choose_beam, tflite_decoding
+
 FORBIDDEN_OPS = ("VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "FlexDelegate")
 
 
@@ -75,16 +77,20 @@ def check_operators(path):
     return names
 
 
-def litert_translator(path, beam_size=4, num_threads=None):
-    """`translate(list_of_str) -> list of bytes` with the `translate` (beam) or `greedy`
-    signature; sentences run one at a time (the string signatures take one)."""
+def litert_translator(path, beam_size=None, num_threads=None):
+    """`translate(list_of_str) -> list of bytes` with the `translate` (exported beam) or
+    `greedy` (beam 1) signature; another beam than these is a BeamError. Sentences run
+    one at a time (the string signatures take one). `translate.beam_size` is the beam it
+    decodes with (None: not recorded in the file)."""
+    beam = choose_beam(beam_size, tflite_decoding(path).get("beam_size"), path)
     runner = load_interpreter(path, num_threads).get_signature_runner(
-        "greedy" if beam_size == 1 else "translate")
+        "greedy" if beam == 1 else "translate")
 
     def translate(sentences):
         return [runner(sentence=np.array([s], dtype=object))["translation"][0]
                 for s in sentences]
 
+    translate.beam_size = beam
     return translate
 
 

@@ -9,6 +9,9 @@ Signatures (all batched; strings are UTF-8):
 - `attention`: `sources`, `targets` strings → subword ids and the attention weights of
   a teacher-forced pass (`encoder`, `cross`: `[layers, batch, heads, q, k]`).
 
+The beam size, α and max_extra_length it was exported with are in `assets/decoding.json`
+(`exported_decoding`): the beam is compiled into `serving_default`.
+
 The tokenizer runs inside the graph (tensorflow-text ops), so serving needs only
 `import tensorflow, tensorflow_text` — not this project. Decoding is XLA-compiled per
 shape bucket (see `keras_transformer.translation`).
@@ -18,6 +21,7 @@ import os
 
 import tensorflow as tf
 
+from keras_transformer.export.settings import choose_beam
 from keras_transformer.tokenizer import BOS_ID, PAD_ID
 from keras_transformer.translation import TextTranslator
 
@@ -37,6 +41,10 @@ class Translator(tf.Module):
         self.text = TextTranslator(model, tokenizer, max_source_length, max_extra_length,
                                    jit_compile=jit_compile)
         self.vocabulary = tf.saved_model.Asset(_write_vocabulary(tokenizer))
+        # The beam is compiled into `serving_default`; recorded so that a reader of the
+        # SavedModel (e.g. `evaluate --model`) knows which beam it decodes with.
+        self.decoding = tf.saved_model.Asset(_write_decoding(
+            beam_size=beam_size, alpha=alpha, max_extra_length=max_extra_length))
 
     @tf.function(input_signature=[STRINGS])
     def beam(self, sentences):
@@ -84,6 +92,17 @@ def _write_vocabulary(tokenizer):
     return path
 
 
+def _write_decoding(**settings):
+    """The decoding settings as `decoding.json`, shipped in the SavedModel's assets."""
+    import json
+    import tempfile
+
+    path = os.path.join(tempfile.mkdtemp(prefix="kt_decoding_"), "decoding.json")
+    with open(path, "w") as f:
+        json.dump(settings, f)
+    return path
+
+
 def export_saved_model(model, tokenizer, out_dir, beam_size=4, alpha=0.6, max_extra_length=50):
     """Write the Translator SavedModel to `out_dir`; returns the Translator."""
     translator = Translator(model, tokenizer, beam_size, alpha, max_extra_length)
@@ -91,18 +110,34 @@ def export_saved_model(model, tokenizer, out_dir, beam_size=4, alpha=0.6, max_ex
     return translator
 
 
-def saved_model_translator(path, beam_size=4):
+def exported_decoding(loaded):
+    """The decoding settings (`beam_size`, `alpha`, ...) a loaded Translator SavedModel was
+    exported with; {} for SavedModels exported before they were recorded."""
+    import json
+
+    if not hasattr(loaded, "decoding"):
+        return {}
+    with tf.io.gfile.GFile(loaded.decoding.asset_path.numpy().decode(), "r") as f:
+        return json.load(f)
+
+
+def saved_model_translator(path, beam_size=None):
     """`translate(list_of_str) -> bytes array` with an exported SavedModel: its `greedy`
-    signature for beam size 1, else `serving_default` (the beam it was exported with)."""
+    signature for beam size 1, else `serving_default` (the beam it was exported with;
+    another beam is a BeamError). `translate.beam_size` is the beam it decodes with
+    (None: not recorded in the SavedModel)."""
     import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
 
-    signature = tf.saved_model.load(path).signatures[
-        "greedy" if beam_size == 1 else "serving_default"]
+    loaded = tf.saved_model.load(path)
+    beam = choose_beam(beam_size, exported_decoding(loaded).get("beam_size"), path)
+    signature = loaded.signatures["greedy" if beam == 1 else "serving_default"]
 
     def translate(batch):
         return signature(tf.constant(batch, tf.string))["translations"].numpy()
 
+    translate.beam_size = beam
     return translate
 
 
-__all__ = ["Translator", "export_saved_model", "saved_model_translator"]
+__all__ = ["Translator", "export_saved_model", "exported_decoding",
+           "saved_model_translator"]

@@ -7,6 +7,8 @@ Two files come out of `convert_tflite`:
     (beam 4, α 0.6 by default); `greedy`: the same with greedy decoding;
   - `translate_ids` / `greedy_ids`: `source_ids` int32 `[batch, len]` (pad 0) → `ids`
     int32 `[batch, max_output_length]` (eos, then pad) and `scores`;
+  and the decoding settings (beam size, α, lengths) as JSON metadata
+  `keras_transformer.decoding` (see `keras_transformer.export.settings`);
 - the streaming variant (`FILE.step.tflite`), for apps that show tokens as they come:
   `encode`: `source_ids [1, len]` → per-layer cross-attention keys/values and the source
   mask; `decode_step`: one token, its position and the explicit fixed-size cache →
@@ -31,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transformer import decoding
+from keras_transformer.export.settings import add_tflite_metadata
 from keras_transformer.tokenizer import EOS_ID
 
 QUANTIZATIONS = ("none", "float16", "int8")
@@ -207,9 +210,14 @@ def convert_tflite(model, tokenizer, out_path, quantize="none", beam_size=4, alp
     stepper = EdgeStepper(model, max_output_length)
     step_path = out_path[: -len(".tflite")] + ".step.tflite" if out_path.endswith(
         ".tflite") else out_path + ".step.tflite"
+    decoding = dict(beam_size=beam_size, alpha=alpha, max_extra_length=max_extra_length,
+                    max_output_length=max_output_length)
     for module, path in ((translator, out_path), (stepper, step_path)):
+        flatbuffer = to_tflite(module, quantize)
+        if module is translator:  # its `translate` signature has the beam compiled in
+            flatbuffer = add_tflite_metadata(flatbuffer, decoding)
         with open(path, "wb") as f:
-            f.write(to_tflite(module, quantize))
+            f.write(flatbuffer)
     return out_path, step_path
 
 

@@ -25,10 +25,17 @@ def _train(args):
 
 def _average(args):
     from keras_transformer.training.averaging import average_checkpoints, list_checkpoints
-    from keras_transformer.training.evaluate import load_run
+    from keras_transformer.training.evaluate import RunError, load_run
 
+    if args.last < 1:
+        raise RunError(f"--last {args.last}: average at least 1 checkpoint")
     paths = list_checkpoints(os.path.join(args.run, "checkpoints"))[-args.last:]
-    _, model, _ = load_run(args.run)  # built from config.yaml if the run was interrupted
+    if not paths:
+        raise RunError(f"{args.run}/checkpoints has no ckpt-*.weights.h5 file to average "
+                       f"(training writes one every training.checkpoint_every steps)")
+    # A model skeleton of the run's config: the weights all come from the checkpoints,
+    # which is also what makes this work on an interrupted run (no model.keras).
+    _, model, _ = load_run(args.run, allow_untrained=True)
     average_checkpoints(model, paths)
     out = args.out or os.path.join(args.run, "model.keras")
     model.save(out)
@@ -42,36 +49,53 @@ def _plot(args):
 
 
 def _evaluate(args):
+    from keras_transformer.training.config import ConfigError
     from keras_transformer.training.evaluate import evaluate_run
 
-    translate, name = None, None
+    translate, name, beam = None, None, args.beam
+    checkpoint = getattr(args, "checkpoint", None)
     if args.model:
-        translate, name = _exported_translator(args.model, args.beam or 4)
-    result = evaluate_run(args.run, split=args.split, beam_size=args.beam,
+        if checkpoint:
+            raise ConfigError("--model and --checkpoint: score one or the other")
+        translate, name = _exported_translator(args.model, args.beam)
+        beam = translate.beam_size  # what the exported model decodes with, for the report
+    result = evaluate_run(args.run, split=args.split, beam_size=beam,
                           lowercase=args.lowercase, limit=args.limit, translate=translate,
-                          model_name=name)
+                          model_name=name, checkpoint=checkpoint)
     print(result["signature"])
     print(f"BLEU = {result['bleu']:.2f}")
 
 
 def _exported_translator(path, beam_size):
-    """(translate, name) for a SavedModel directory or a .tflite file (run in LiteRT)."""
+    """(translate, name) for a SavedModel directory or a .tflite file (run in LiteRT).
+
+    `beam_size` None decodes with the exported beam, 1 greedily; any other beam than the
+    exported one is a ConfigError (the beam is compiled into the model).
+    `translate.beam_size` is the beam used (None: an older export that does not say).
+    """
+    from keras_transformer.export.settings import BeamError
+    from keras_transformer.training.config import ConfigError
+
     if path.endswith(".tflite") and os.path.isfile(path):
-        from keras_transformer.export.litert import litert_translator
-
-        return litert_translator(path, beam_size), os.path.basename(path)[: -len(".tflite")]
-    if os.path.isdir(path):
-        from keras_transformer.export.saved_model import saved_model_translator
-
-        return saved_model_translator(path, beam_size), os.path.basename(os.path.normpath(path))
-    raise FileNotFoundError(f"--model {path}: no such SavedModel directory or .tflite file")
+        from keras_transformer.export.litert import litert_translator as load
+        name = os.path.basename(path)[: -len(".tflite")]
+    elif os.path.isdir(path):
+        from keras_transformer.export.saved_model import saved_model_translator as load
+        name = os.path.basename(os.path.normpath(path))
+    else:
+        raise FileNotFoundError(f"--model {path}: no such SavedModel directory or .tflite file")
+    try:
+        return load(path, beam_size), name
+    except BeamError as e:
+        raise ConfigError(f"--beam {beam_size}: {e}") from None
 
 
 def _export(args):
     from keras_transformer.training.config import ConfigError
     from keras_transformer.training.evaluate import load_run
 
-    config, model, tokenizer = load_run(args.run)
+    # Refuses a run without model.keras unless --checkpoint names the weights to export.
+    config, model, tokenizer = load_run(args.run, getattr(args, "checkpoint", None))
     evaluation = config.evaluation
     if args.format == "saved_model":
         from keras_transformer.export.saved_model import export_saved_model
@@ -144,6 +168,10 @@ def _attention(args):
     print(f"{target}\nwrote {args.out}")
 
 
+CHECKPOINT_HELP = ("use the weights of this checkpoint of the run: 'latest' or a "
+                   ".weights.h5 file (e.g. of a run stopped before model.keras was written)")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="keras-transformer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -163,7 +191,10 @@ def build_parser():
     evaluate.add_argument("--model", help="score this exported SavedModel directory or .tflite "
                                           "file (LiteRT) instead of the run's Keras model")
     evaluate.add_argument("--split", default="test", choices=("valid", "test"))
-    evaluate.add_argument("--beam", type=int, help="beam size (default: the run's config)")
+    evaluate.add_argument("--beam", type=int, help="beam size (default: the run's config, or "
+                                                   "the beam --model was exported with; an "
+                                                   "exported model also decodes with 1)")
+    evaluate.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     evaluate.add_argument("--lowercase", action="store_true", help="case-insensitive BLEU")
     evaluate.add_argument("--limit", type=int, help="score only the first N sentences")
     evaluate.set_defaults(func=_evaluate)
@@ -187,13 +218,15 @@ def build_parser():
                         help="tflite weights: float32, float16, or int8 dynamic range")
     export.add_argument("--max-output-length", type=int, default=128,
                         help="tflite: static output length (the decoding cache size)")
+    export.add_argument("--checkpoint", help=CHECKPOINT_HELP)
     export.set_defaults(func=_export)
 
     translate = commands.add_parser("translate", help="translate with an exported model")
     translate.add_argument("--model", required=True,
                            help="a SavedModel directory or a .tflite file (run in LiteRT)")
-    translate.add_argument("--beam", type=int, default=4,
-                           help="1: greedy; otherwise the exported beam search (beam 4)")
+    translate.add_argument("--beam", type=int,
+                           help="1: greedy; default: the beam search the model was exported "
+                                "with (another beam is an error)")
     translate.add_argument("--file", help="read sentences from this file (default: stdin)")
     translate.add_argument("--batch-size", type=int, default=32)
     translate.add_argument("sentences", nargs="*", help="sentences to translate")
@@ -215,13 +248,14 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if getattr(args, "verbose", None) not in (None, "auto"):
         args.verbose = int(args.verbose)
-    from keras_transformer.training.config import ConfigError
+    from keras_transformer.training.config import ConfigError, RunError
     from keras_transformer.training.data import DataError
 
     try:
         args.func(args)
-    except (ConfigError, DataError, FileNotFoundError) as e:
-        print(f"keras-transformer: error: {e}", file=sys.stderr)
+    except (ConfigError, DataError, RunError, FileNotFoundError) as e:
+        # One line, as argparse reports usage errors (a YAML error spans several lines).
+        print(f"keras-transformer: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     return 0
 

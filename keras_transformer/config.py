@@ -1,6 +1,7 @@
 """Model hyper-parameters and the presets of Table 3 of the paper."""
 
 import dataclasses
+import typing
 from typing import Optional
 
 
@@ -36,13 +37,19 @@ class TransformerConfig:
     pad_id: int = 0
 
     def __post_init__(self):
+        # Types first: a string from a YAML file would otherwise fail later with an
+        # unrelated message (or, for `%`, format a string). Messages start with the key.
+        check_field_types(self)
+        for name in ("vocab_size", "num_encoder_layers", "num_decoder_layers", "d_model",
+                     "num_heads", "d_ff", "layer_norm_epsilon"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.target_vocab_size is not None and self.target_vocab_size <= 0:
+            raise ValueError(f"target_vocab_size must be positive, got {self.target_vocab_size}.")
         if self.d_model % self.num_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})."
             )
-        for name in ("vocab_size", "num_encoder_layers", "num_decoder_layers", "d_model", "d_ff"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
         for name in ("dropout", "attention_dropout", "activation_dropout", "label_smoothing"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}.")
@@ -92,6 +99,35 @@ class TransformerConfig:
         if name not in PRESETS:
             raise ValueError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
         return cls(**{**PRESETS[name], **overrides})
+
+
+def _type_name(kind):
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
+        kind, getattr(kind, "__name__", str(kind)))
+
+
+def check_field_types(instance):
+    """Raise ValueError("<field> must be <type>, got <value>") for the first dataclass field of
+    `instance` whose value does not match its annotation (int, float, bool, str, Optional[...]).
+
+    A bool is not accepted as a number (YAML `yes` is a bool), an int is accepted as a float.
+    """
+    for field in dataclasses.fields(instance):
+        kind, value = field.type, getattr(instance, field.name)
+        if typing.get_origin(kind) is typing.Union:  # Optional[X]
+            if value is None:
+                continue
+            kind = next(k for k in typing.get_args(kind) if k is not type(None))
+        if kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(kind, type):
+            ok = isinstance(value, kind)
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"{field.name} must be {_type_name(kind)}, got {value!r}")
 
 
 # Table 3: "base" and "big" (P_drop 0.3 is the EN-DE big setting). "small" suits

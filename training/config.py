@@ -2,19 +2,53 @@
 `evaluation` sections. Unknown sections or keys are errors that name the key."""
 
 import dataclasses
-from typing import Optional
+from typing import ClassVar, Optional
 
 import yaml
 
-from keras_transformer.config import TransformerConfig
+from keras_transformer.config import PRESETS, TransformerConfig, check_field_types
+
+SOURCES = ("multi30k", "text", "tfds")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+MIXED_PRECISION = ("none", "auto", "mixed_bfloat16", "mixed_float16")
+SPECIAL_TOKENS = 4  # pad, unk, bos, eos (keras_transformer.tokenizer)
 
 
 class ConfigError(ValueError):
     """A configuration file that cannot be used; the message names the file and key."""
 
 
+class RunError(ValueError):
+    """A run directory that cannot be used as asked (e.g. it has no trained model); the
+    message says what to do instead."""
+
+
+def at_least(low):
+    return lambda value: value >= low, f">= {low}"
+
+
+def one_of(*choices):
+    return lambda value: value in choices, f"one of {', '.join(choices)}"
+
+
+class _Validated:
+    """Checks a section when it is created: field types from the annotations, then the
+    class's RULES, `{field: (predicate, requirement)}` (None values of Optional fields
+    are not checked). A failure is a ValueError whose message starts with the field name,
+    which `_section` prefixes with the file and section."""
+
+    RULES: ClassVar[dict] = {}
+
+    def __post_init__(self):
+        check_field_types(self)
+        for name, (ok, requirement) in self.RULES.items():
+            value = getattr(self, name)
+            if value is not None and not ok(value):
+                raise ValueError(f"{name} must be {requirement}, got {value!r}")
+
+
 @dataclasses.dataclass
-class DataConfig:
+class DataConfig(_Validated):
     source: str = "multi30k"  # multi30k | text | tfds
     source_lang: str = "en"
     target_lang: str = "de"
@@ -32,14 +66,22 @@ class DataConfig:
     test_split: str = "test"
     train_limit: Optional[int] = None  # use only the first N training pairs (smoke runs)
 
+    RULES: ClassVar[dict] = {"source": one_of(*SOURCES), "max_length": at_least(1),
+                             "train_limit": at_least(1)}
+
 
 @dataclasses.dataclass
-class TokenizerConfig:
+class TokenizerConfig(_Validated):
     vocab_size: int = 8000
 
+    # The vocabulary must hold more than the special tokens.
+    RULES: ClassVar[dict] = {
+        "vocab_size": (lambda value: value > SPECIAL_TOKENS,
+                       f"> {SPECIAL_TOKENS} (the special tokens pad, unk, bos, eos)")}
+
 
 @dataclasses.dataclass
-class TrainingConfig:
+class TrainingConfig(_Validated):
     epochs: int = 30
     batch_tokens: int = 4096  # per side, padding included (the paper used ~25,000)
     warmup_steps: int = 4000
@@ -47,21 +89,36 @@ class TrainingConfig:
     shuffle_buffer: int = 30000
     strategy: str = "default"  # default | mirrored | multi_worker | tpu
     devices: Optional[int] = None  # mirrored: split the CPU into this many logical devices
-    mixed_precision: str = "none"  # none | mixed_bfloat16 | mixed_float16
+    mixed_precision: str = "none"  # none | auto | mixed_bfloat16 | mixed_float16
     jit_compile: bool = False
     checkpoint_every: int = 1000  # steps between kept checkpoints (for averaging)
     backup_every: int = 200  # steps between BackupAndRestore snapshots
     average_last: int = 5  # average this many last checkpoints at the end (0: off)
     seed: int = 0
 
+    RULES: ClassVar[dict] = {
+        "epochs": at_least(1), "batch_tokens": at_least(1), "warmup_steps": at_least(1),
+        "learning_rate_scale": (lambda value: value > 0, "> 0"),
+        "shuffle_buffer": at_least(0), "strategy": one_of(*STRATEGIES),
+        "devices": at_least(1), "mixed_precision": one_of(*MIXED_PRECISION),
+        "checkpoint_every": at_least(1), "backup_every": at_least(1),
+        "average_last": at_least(0),
+        # `is`: 0 and 1 compare equal to False and True but are not YAML booleans.
+        "jit_compile": (lambda value: value is True or value is False or value == "auto",
+                        "true, false or auto"),
+    }
+
 
 @dataclasses.dataclass
-class EvaluationConfig:
+class EvaluationConfig(_Validated):
     beam_size: int = 4
     alpha: float = 0.6
     max_extra_length: int = 50  # max output length = source length + this (§6.1)
     batch_size: int = 64
     lowercase: bool = False
+
+    RULES: ClassVar[dict] = {"beam_size": at_least(1), "alpha": at_least(0),
+                             "max_extra_length": at_least(0), "batch_size": at_least(1)}
 
 
 @dataclasses.dataclass
@@ -83,32 +140,53 @@ SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig, "training": Traini
             "evaluation": EvaluationConfig}
 
 
-def _section(cls, values, where):
+def _section(cls, values, where, section):
+    """A `cls` from a mapping; errors name `where: section.key`."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: {section}: expected a mapping of keys, got {values!r}")
     known = {f.name for f in dataclasses.fields(cls)}
     for key in values:
         if key not in known:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+            raise ConfigError(f"{where}: {section}: unknown key {key!r} "
+                              f"(known: {', '.join(sorted(known))})")
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {e}") from None
+        # The dataclass checks raise messages that start with the field name.
+        raise ConfigError(f"{where}: {section}.{e}") from None
+
+
+def _model_config(values, vocab_size, where):
+    """The TransformerConfig of the `model` section (a preset plus overrides)."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: model: expected a mapping of keys, got {values!r}")
+    model = dict(values)
+    preset = model.pop("preset", "small")
+    if preset not in PRESETS:
+        raise ConfigError(f"{where}: model.preset must be one of {', '.join(PRESETS)}, "
+                          f"got {preset!r}")
+    known = {f.name for f in dataclasses.fields(TransformerConfig)}
+    for key in model:
+        if key not in known:
+            raise ConfigError(f"{where}: model: unknown key {key!r} "
+                              f"(known: preset, {', '.join(sorted(known))})")
+    try:
+        return preset, TransformerConfig.from_preset(preset, **{"vocab_size": vocab_size, **model})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: model.{e}") from None
 
 
 def parse_config(values, where="config"):
-    """A RunConfig from a nested dict (as read from YAML)."""
+    """A RunConfig from a nested dict (as read from YAML); every error names `section.key`."""
     values = dict(values or {})
     for key in values:
         if key not in ("model", *SECTIONS):
             raise ConfigError(f"{where}: unknown section {key!r}")
-    model = dict(values.get("model") or {})
-    preset = model.pop("preset", "small")
-    vocab = (values.get("tokenizer") or {}).get("vocab_size", TokenizerConfig.vocab_size)
-    try:
-        model_config = TransformerConfig.from_preset(preset, **{"vocab_size": vocab, **model})
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: model: {e}") from None
-    sections = {name: _section(cls, values.get(name) or {}, f"{where}: {name}")
+    # Sections first: the model's vocabulary comes from a validated tokenizer section.
+    sections = {name: _section(cls, values.get(name) or {}, where, name)
                 for name, cls in SECTIONS.items()}
+    preset, model_config = _model_config(values.get("model") or {},
+                                         sections["tokenizer"].vocab_size, where)
     return RunConfig(model=model_config, model_preset=preset, **sections)
 
 

@@ -10,7 +10,8 @@ import sacrebleu
 from keras_transformer.model import Transformer
 from keras_transformer.tokenizer import SubwordTokenizer
 from keras_transformer.training import corpus
-from keras_transformer.training.config import load_config
+from keras_transformer.training.averaging import list_checkpoints
+from keras_transformer.training.config import RunError, load_config
 from keras_transformer.translation import TextTranslator
 
 
@@ -38,37 +39,102 @@ def bleu(hypotheses, references, lowercase=False):
     return result, str(metric.get_signature())
 
 
-def load_run(run_dir):
+def other_scores(hypotheses, references):
+    """Lowercased BLEU and chrF (sacreBLEU defaults), reported beside the main BLEU."""
+    lowercased, _ = bleu(hypotheses, references, lowercase=True)
+    chrf = sacrebleu.metrics.CHRF()
+    return {"bleu_lowercase": round(lowercased.score, 2),
+            "chrf": round(chrf.corpus_score(hypotheses, [references]).score, 2),
+            "chrf_signature": str(chrf.get_signature())}
+
+
+def load_run(run_dir, checkpoint=None, allow_untrained=False):
     """(RunConfig, model, tokenizer) of a training run.
 
-    The model is `model.keras`; for a run stopped before it finished, a freshly
-    initialised model of the run's configuration (to load checkpoints into).
+    The model is the run's `model.keras`, or with `checkpoint` ("latest" or the path of a
+    `.weights.h5` file) a model of the run's configuration with those weights. A run
+    without model.keras (stopped before it finished) is a RunError: silently translating
+    or exporting with random weights would be worse. `allow_untrained=True` returns a
+    freshly initialised model instead, for callers that load weights themselves
+    (checkpoint averaging).
     """
     config = load_config(os.path.join(run_dir, "config.yaml"))
     tokenizer = SubwordTokenizer.load(os.path.join(run_dir, "tokenizer.model"))
     path = os.path.join(run_dir, "model.keras")
-    if os.path.exists(path):
+    if checkpoint:
+        model = build_run_model(config, tokenizer)
+        _load_checkpoint(model, resolve_checkpoint(run_dir, checkpoint))
+    elif os.path.exists(path):
         model = keras.models.load_model(path)
+    elif allow_untrained:
+        model = build_run_model(config, tokenizer)
     else:
-        model = Transformer(config.model.replace(vocab_size=tokenizer.vocab_size))
+        raise RunError(
+            f"{run_dir} has no model.keras (the run did not finish): resume it with "
+            f"`keras-transformer train --config {os.path.join(run_dir, 'config.yaml')} "
+            f"--out {run_dir}`, or average its "
+            f"checkpoints with `keras-transformer average-checkpoints --run {run_dir}`, or "
+            f"pass --checkpoint latest|PATH to use a checkpoint")
+    _check_vocabulary(model, tokenizer, run_dir)
     return config, model, tokenizer
 
 
+def build_run_model(config, tokenizer):
+    """A freshly initialised model of a run's configuration and vocabulary."""
+    # The learned vocabulary can be smaller than tokenizer.vocab_size asked for (training
+    # builds the model the same way).
+    return Transformer(config.model.replace(vocab_size=tokenizer.vocab_size))
+
+
+def resolve_checkpoint(run_dir, checkpoint):
+    """The path of `checkpoint`: "latest" (the run's newest) or a `.weights.h5` file."""
+    if checkpoint == "latest":
+        paths = list_checkpoints(os.path.join(run_dir, "checkpoints"))
+        if not paths:
+            raise RunError(f"--checkpoint latest: {run_dir}/checkpoints has no "
+                           f"ckpt-*.weights.h5 file")
+        return paths[-1]
+    if not checkpoint.endswith(".weights.h5") or not os.path.isfile(checkpoint):
+        raise RunError(f"--checkpoint {checkpoint}: not 'latest' nor an existing "
+                       f".weights.h5 file")
+    return checkpoint
+
+
+def _load_checkpoint(model, path):
+    try:
+        model.load_weights(path)
+    except (ValueError, KeyError, OSError) as e:
+        # Keras explains a shape mismatch over several lines; one line is enough here.
+        raise RunError(f"--checkpoint {path} does not fit the run's model: "
+                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _check_vocabulary(model, tokenizer, run_dir):
+    if model.config.vocab_size != tokenizer.vocab_size:
+        raise RunError(f"{run_dir}: tokenizer.model has {tokenizer.vocab_size} subwords but "
+                       f"the model's vocab_size is {model.config.vocab_size}")
+
+
 def evaluate_run(run_dir, split="test", beam_size=None, lowercase=None, limit=None,
-                 verbose=1, translate=None, model_name=None):
+                 verbose=1, translate=None, model_name=None, checkpoint=None):
     """Translate a split of the run's corpus and write `{split}.hyp` and `bleu.{split}.json`.
 
     `translate` (`list_of_str -> strings`, e.g. an exported SavedModel or .tflite file,
     see `keras_transformer.export`) replaces the run's Keras model; the files are then
-    named `{split}.{model_name}.hyp` and `bleu.{split}.{model_name}.json`.
+    named `{split}.{model_name}.hyp` and `bleu.{split}.{model_name}.json`, and `beam_size`
+    must be the beam that `translate` decodes with (None: unknown), since that is what the
+    report records. `checkpoint` ("latest" or a .weights.h5 path) scores a checkpoint of
+    the run instead of its model.keras.
     """
     config = load_config(os.path.join(run_dir, "config.yaml"))
     evaluation = config.evaluation
-    beam_size = beam_size or evaluation.beam_size
     lowercase = evaluation.lowercase if lowercase is None else lowercase
     if translate is None:
-        translate = _run_translator(run_dir, beam_size, evaluation)
-        model_name = None
+        beam_size = beam_size or evaluation.beam_size
+        if checkpoint:  # report and file names name the checkpoint file, also for "latest"
+            checkpoint = resolve_checkpoint(run_dir, checkpoint)
+        translate = _run_translator(run_dir, beam_size, evaluation, checkpoint)
+        model_name = checkpoint and os.path.basename(checkpoint)[: -len(".weights.h5")]
     suffix = f".{model_name}" if model_name else ""
     sources, references = corpus.split_lines(config.data, split)
     if limit:
@@ -80,14 +146,15 @@ def evaluate_run(run_dir, split="test", beam_size=None, lowercase=None, limit=No
         f.writelines(h + "\n" for h in hypotheses)
     report = {"split": split, "sentences": len(sources), "beam_size": beam_size,
               "alpha": evaluation.alpha, "model": model_name or "model.keras",
-              "bleu": round(result.score, 2), "signature": signature, "detail": str(result)}
+              "bleu": round(result.score, 2), "signature": signature, "detail": str(result),
+              **other_scores(hypotheses, references)}
     with open(os.path.join(run_dir, f"bleu.{split}{suffix}.json"), "w") as f:
         json.dump(report, f, indent=2)
     return report
 
 
-def _run_translator(run_dir, beam_size, evaluation):
-    _, model, tokenizer = load_run(run_dir)
+def _run_translator(run_dir, beam_size, evaluation, checkpoint=None):
+    _, model, tokenizer = load_run(run_dir, checkpoint)
     translator = TextTranslator(model, tokenizer, max_extra_length=evaluation.max_extra_length)
 
     def translate(batch):

@@ -10,7 +10,7 @@
 
 import tensorflow as tf
 
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+from keras_transformer.training.config import STRATEGIES  # one list, also checked in configs
 
 
 def split_cpu(devices):
