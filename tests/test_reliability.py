@@ -147,6 +147,27 @@ def test_a_checkpoint_that_is_not_there_is_an_error(interrupted_run, tmp_path, c
     assert not os.path.exists(out) and _files(run) == before
 
 
+def test_a_checkpoint_of_another_model_is_an_error(interrupted_run, tmp_path, capsys):
+    from keras_transformer.model import Transformer
+
+    run = _copy_run(interrupted_run, tmp_path)
+    other = str(tmp_path / "other.weights.h5")
+    config = load_config(os.path.join(run, "config.yaml")).model
+    Transformer(config.replace(d_model=8, d_ff=16, vocab_size=30)).save_weights(other)
+    before = _files(run)
+    out = str(tmp_path / "saved_model")
+    assert cli.main(["export", "--run", run, "--checkpoint", other, "--out", out]) == 2
+    assert "does not fit the run's model" in _one_line_error(capsys)
+    assert not os.path.exists(out) and _files(run) == before
+
+
+def test_a_run_without_vocabulary_is_an_error(interrupted_run, tmp_path, capsys):
+    run = _copy_run(interrupted_run, tmp_path)
+    os.remove(os.path.join(run, "tokenizer.model"))
+    assert cli.main(["evaluate", "--run", run, "--checkpoint", "latest"]) == 2
+    assert "no tokenizer.model" in _one_line_error(capsys)
+
+
 def test_average_checkpoints_works_on_an_interrupted_run(interrupted_run, tmp_path):
     import keras
 

@@ -59,7 +59,10 @@ def load_run(run_dir, checkpoint=None, allow_untrained=False):
     (checkpoint averaging).
     """
     config = load_config(os.path.join(run_dir, "config.yaml"))
-    tokenizer = SubwordTokenizer.load(os.path.join(run_dir, "tokenizer.model"))
+    vocabulary = os.path.join(run_dir, "tokenizer.model")
+    if not os.path.exists(vocabulary):  # tf.io.gfile would raise a TensorFlow NotFoundError
+        raise RunError(f"{run_dir} has no tokenizer.model: not a training run directory")
+    tokenizer = SubwordTokenizer.load(vocabulary)
     path = os.path.join(run_dir, "model.keras")
     if checkpoint:
         model = build_run_model(config, tokenizer)
@@ -104,9 +107,9 @@ def _load_checkpoint(model, path):
     try:
         model.load_weights(path)
     except (ValueError, KeyError, OSError) as e:
-        # Keras explains a shape mismatch over several lines; one line is enough here.
-        raise RunError(f"--checkpoint {path} does not fit the run's model: "
-                       f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        # Keras explains a mismatch over several lines; its first sentence is enough here.
+        reason = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise RunError(f"--checkpoint {path} does not fit the run's model ({reason})") from None
 
 
 def _check_vocabulary(model, tokenizer, run_dir):
