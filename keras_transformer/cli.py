@@ -5,22 +5,45 @@ import os
 import sys
 
 
+def _peak_memory_mb():
+    """Peak resident memory of this process so far (Linux reports kilobytes)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
 def _train(args):
+    import json
+    import time
+
     from keras_transformer.training.config import load_config
     from keras_transformer.training.train import train
 
+    started = time.time()
     config = load_config(args.config)
     run_dir = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
     _, _, summary = train(config, run_dir, verbose=args.verbose)
     print(f"trained {summary['steps']} steps; run saved in {run_dir}")
-    args.run, args.split = run_dir, "test"
+    phases = {"train_seconds": round(time.time() - started, 1)}
+    memory = {"after_train": _peak_memory_mb()}
     if not args.no_evaluate:
-        _evaluate(args)
+        _evaluate(argparse.Namespace(run=run_dir, split="test", beam=None, lowercase=None,
+                                     limit=None, model=None, checkpoint=None))
+        phases["evaluate_seconds"] = round(time.time() - started - sum(phases.values()), 1)
+        memory["after_evaluate"] = _peak_memory_mb()
     if not args.no_export:
-        for args.format, args.out in (("saved_model", os.path.join(run_dir, "saved_model")),
-                                      ("tflite", os.path.join(run_dir, "model.int8.tflite"))):
-            args.quantize, args.max_output_length = "int8", 128
-            _export(args)
+        for fmt, out in (("saved_model", os.path.join(run_dir, "saved_model")),
+                         ("tflite", os.path.join(run_dir, "model.int8.tflite"))):
+            _export(argparse.Namespace(run=run_dir, format=fmt, out=out, quantize="int8",
+                                       max_output_length=128, checkpoint=None))
+        phases["export_seconds"] = round(time.time() - started - sum(phases.values()), 1)
+        memory["after_export"] = _peak_memory_mb()
+    # Everything the command did, from reading the config to the last export.
+    summary = {**summary, **phases, "wall_seconds": round(time.time() - started, 1),
+               "peak_memory_mb": memory}
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"done in {summary['wall_seconds'] / 60:.1f} min")
 
 
 def _average(args):
@@ -63,7 +86,8 @@ def _evaluate(args):
                           lowercase=args.lowercase, limit=args.limit, translate=translate,
                           model_name=name, checkpoint=checkpoint)
     print(result["signature"])
-    print(f"BLEU = {result['bleu']:.2f}")
+    print(f"BLEU = {result['bleu']:.2f} (lowercased {result['bleu_lowercase']:.2f}, "
+          f"chrF {result['chrf']:.2f}; beam {result['beam_size']}, {args.split} split)")
 
 
 def _exported_translator(path, beam_size):
@@ -183,7 +207,7 @@ def build_parser():
     train.add_argument("--no-evaluate", action="store_true", help="skip BLEU on the test split")
     train.add_argument("--no-export", action="store_true",
                        help="skip exporting RUN/saved_model and RUN/model.int8.tflite")
-    train.set_defaults(func=_train, beam=None, lowercase=False, limit=None, model=None)
+    train.set_defaults(func=_train)
 
     evaluate = commands.add_parser("evaluate", help="translate a split and score with sacreBLEU")
     evaluate.add_argument("--run", required=True,
@@ -244,8 +268,31 @@ def build_parser():
     return parser
 
 
+def quiet_startup():
+    """Hide TensorFlow's C++ start-up chatter (CUDA probing on a CPU machine, CPU
+    feature notes) that is printed before absl logging is configured.
+
+    Only TensorFlow's own log lines are dropped: a failed import still raises its
+    Python error after stderr is restored, and TF_CPP_MIN_LOG_LEVEL set by the user wins.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")  # probes CUDA now, while stderr is muted
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    quiet_startup()
     if getattr(args, "verbose", None) not in (None, "auto"):
         args.verbose = int(args.verbose)
     from keras_transformer.training.config import ConfigError, RunError

@@ -120,3 +120,28 @@ def test_cli_average_checkpoints_writes_the_averaged_model(tiny_run, tmp_path):
     average_checkpoints(reference, paths)
     for got, want in zip(averaged.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_main_job_console_is_quiet_and_reports_the_plan(tmp_path):
+    """The train command in a real process: the plan first, no TensorFlow start-up noise,
+    no per-epoch Keras warnings; summary.json times every phase; BLEU, lowercased BLEU
+    and chrF in the report; the learning curve drawn."""
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_transformer.cli", "train", "--config", TINY_CONFIG,
+         "--out", str(run_dir), "--verbose", "2", "--no-export"],
+        capture_output=True, text=True, timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    console = result.stdout + result.stderr
+    assert result.stdout.startswith("plan: 2 epochs x "), result.stdout[:300]
+    for noise in ("ran out of data", "shuffle", "cuda", "absl::InitializeLog",
+                  "cpu_feature_guard", "Warning"):
+        assert noise.lower() not in console.lower(), noise
+    summary = json.load(open(run_dir / "summary.json"))
+    assert summary["wall_seconds"] >= summary["train_seconds"] + summary["evaluate_seconds"] - 1
+    assert summary["steps"] == 2 * summary["steps_per_epoch"]
+    report = json.load(open(run_dir / "bleu.test.json"))
+    assert {"bleu", "bleu_lowercase", "chrf"} <= set(report)
+    assert report["bleu_lowercase"] >= report["bleu"]
+    assert (run_dir / "learning_curve.png").stat().st_size > 10_000

@@ -89,8 +89,9 @@ class TrainingConfig(_Validated):
     shuffle_buffer: int = 30000
     strategy: str = "default"  # default | mirrored | multi_worker | tpu
     devices: Optional[int] = None  # mirrored: split the CPU into this many logical devices
-    mixed_precision: str = "none"  # none | auto | mixed_bfloat16 | mixed_float16
-    jit_compile: bool = False
+    # auto: mixed_bfloat16 on CPUs with native bf16, else float32 (training/precision.py)
+    mixed_precision: str = "none"  # auto | none | mixed_bfloat16 | mixed_float16
+    jit_compile: object = False  # true | false | auto (XLA where the precision gains from it)
     checkpoint_every: int = 1000  # steps between kept checkpoints (for averaging)
     backup_every: int = 200  # steps between BackupAndRestore snapshots
     average_last: int = 5  # average this many last checkpoints at the end (0: off)

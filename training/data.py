@@ -113,19 +113,23 @@ def bucket_boundaries(max_length, smallest=8, growth=1.3):
 
 
 def make_batches(pairs, tokenizer, batch_tokens=4096, max_length=128, shuffle_buffer=None,
-                 cache=True, seed=None):
+                 cache=True, seed=None, repeat=False):
     """Token-budget batches `((source_ids, target_in), target_out)` for `model.fit`.
 
     `target_in` is `[bos] + target` and `target_out` is `target + [eos]`. Sentences are
     bucketed by their longer side; each bucket pads to its boundary (few distinct shapes,
     few retraces) and holds `batch_tokens // boundary` sentences. `shuffle_buffer`
-    shuffles sentences before bucketing (training); None keeps the order.
+    shuffles sentences before bucketing (training); None keeps the order. `repeat`
+    makes the stream endless (a fresh shuffle each pass): `fit` then takes
+    `steps_per_epoch` steps an epoch and never runs out of data mid-epoch.
     """
     tokens = tokenize_pairs(pairs, tokenizer, max_length)
     if cache:
         tokens = tokens.cache()
     if shuffle_buffer:
         tokens = tokens.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        tokens = tokens.repeat()
 
     def teacher_forcing(source, target):
         bos, eos = tf.constant([BOS_ID], tf.int32), tf.constant([EOS_ID], tf.int32)
@@ -143,3 +147,26 @@ def make_batches(pairs, tokenizer, batch_tokens=4096, max_length=128, shuffle_bu
     return batches.map(
         lambda source, target_in, target_out: ((source, target_in), target_out)
     ).prefetch(tf.data.AUTOTUNE)
+
+
+def with_known_length(batches):
+    """`batches` with its cardinality set (one counting pass).
+
+    Keras warns "Your input ran out of data" at the end of every pass over a dataset of
+    unknown length; with the length known it stops at the last batch instead.
+    """
+    count, _ = epoch_size(batches)
+    return batches.apply(tf.data.experimental.assert_cardinality(count))
+
+
+def epoch_size(batches):
+    """(batches, non-pad target tokens) in one pass of a finite `make_batches` dataset."""
+
+    def add(totals, batch):
+        _, target_out = batch
+        tokens = tf.math.count_nonzero(target_out, dtype=tf.int64)
+        return totals[0] + 1, totals[1] + tokens
+
+    zero = tf.constant(0, tf.int64)
+    count, tokens = batches.reduce((zero, zero), add)
+    return int(count), int(tokens)

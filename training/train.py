@@ -9,6 +9,7 @@ A run directory holds everything needed to resume, evaluate and export:
     logs/              TensorBoard
     history.csv        per-epoch loss / accuracy (train and validation)
     model.keras        the final model (the average of the last checkpoints, §6.1)
+    learning_curve.png loss and accuracy per epoch (matplotlib)
     summary.json       steps, wall time, final metrics
 """
 
@@ -25,10 +26,11 @@ from keras_transformer.tokenizer import SubwordTokenizer
 from keras_transformer.training import corpus
 from keras_transformer.training.averaging import average_checkpoints, list_checkpoints
 from keras_transformer.training.config import save_config
-from keras_transformer.training.data import make_batches, text_pairs
+from keras_transformer.training.data import (epoch_size, make_batches, text_pairs,
+                                             with_known_length)
+from keras_transformer.training.plot import plot_history
+from keras_transformer.training.precision import resolve_precision
 from keras_transformer.training.strategy import make_strategy
-
-MIXED_PRECISION = ("none", "mixed_bfloat16", "mixed_float16")
 
 
 def load_or_train_tokenizer(config, run_dir, train_source, train_target):
@@ -44,23 +46,50 @@ def load_or_train_tokenizer(config, run_dir, train_source, train_target):
 def build_model(config, tokenizer, strategy):
     """The model and its compiled recipe, created under the strategy's scope."""
     training = config.training
-    if training.mixed_precision not in MIXED_PRECISION:
-        raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}")
-    dtype = None if training.mixed_precision == "none" else training.mixed_precision
+    dtype, jit_compile = resolve_precision(training.mixed_precision, training.jit_compile)
     model_config = config.model.replace(vocab_size=tokenizer.vocab_size)
     with strategy.scope():
         model = Transformer(model_config, dtype=dtype)
         optimizer = paper_optimizer(model_config.d_model, training.warmup_steps,
                                     training.learning_rate_scale)
-        if training.mixed_precision == "mixed_float16":
+        if dtype == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(
             optimizer=optimizer,
             loss=MaskedCrossEntropy(model_config.label_smoothing, model_config.pad_id),
             metrics=[MaskedAccuracy(model_config.pad_id)],
-            jit_compile=training.jit_compile,
+            jit_compile=jit_compile,
         )
     return model
+
+
+class TrainingPlan(keras.callbacks.Callback):
+    """Prints the plan before the first step and a time estimate after the first epoch."""
+
+    def __init__(self, epochs, steps_per_epoch, tokens_per_epoch, precision):
+        super().__init__()
+        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
+        self.tokens_per_epoch, self.precision = tokens_per_epoch, precision
+        self.first_epoch = self.started = None
+
+    def on_train_begin(self, logs=None):
+        print(f"plan: {self.epochs} epochs x {self.steps_per_epoch} steps "
+              f"({self.epochs * self.steps_per_epoch} steps, {self.tokens_per_epoch:,} target "
+              f"tokens an epoch), {self.precision}", flush=True)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.first_epoch is None:
+            self.first_epoch, self.started = epoch, time.time()
+            if epoch:
+                print(f"resuming at epoch {epoch + 1}", flush=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.first_epoch and epoch + 1 < self.epochs:
+            seconds = time.time() - self.started
+            left = (self.epochs - epoch - 1) * seconds
+            print(f"\nfirst epoch took {seconds:.0f} s (tracing and compiling included): "
+                  f"about {left / 60:.0f} min for the remaining {self.epochs - epoch - 1}",
+                  flush=True)
 
 
 def callbacks(config, run_dir):
@@ -92,15 +121,23 @@ def train(config, run_dir, verbose="auto"):
     tokenizer = load_or_train_tokenizer(config, run_dir, train_source, train_target)
     batches = dict(tokenizer=tokenizer, batch_tokens=config.training.batch_tokens,
                    max_length=config.data.max_length)
-    train_data = make_batches(text_pairs(train_source, train_target),
-                              shuffle_buffer=config.training.shuffle_buffer,
-                              seed=config.training.seed, **batches)
-    valid_data = make_batches(corpus.split_pairs(config.data, "valid"), **batches)
+    pairs = text_pairs(train_source, train_target)
+    # One unshuffled pass fixes the epoch length; training then reads an endless,
+    # reshuffled stream, `steps_per_epoch` steps an epoch.
+    steps_per_epoch, tokens_per_epoch = epoch_size(make_batches(pairs, **batches))
+    train_data = make_batches(pairs, shuffle_buffer=config.training.shuffle_buffer,
+                              seed=config.training.seed, repeat=True, **batches)
+    valid_data = with_known_length(make_batches(corpus.split_pairs(config.data, "valid"),
+                                                **batches))
 
     model = build_model(config, tokenizer, strategy)
+    policy = model.dtype_policy.name
+    plan = TrainingPlan(config.training.epochs, steps_per_epoch, tokens_per_epoch,
+                        f"{policy}, XLA {'on' if model.jit_compile else 'off'}")
     started = time.time()
     history = model.fit(train_data, validation_data=valid_data, epochs=config.training.epochs,
-                        callbacks=callbacks(config, run_dir), verbose=verbose)
+                        steps_per_epoch=steps_per_epoch, shuffle=False,
+                        callbacks=[plan, *callbacks(config, run_dir)], verbose=verbose)
     train_seconds = time.time() - started
 
     checkpoints = list_checkpoints(os.path.join(run_dir, "checkpoints"))
@@ -111,10 +148,17 @@ def train(config, run_dir, verbose="auto"):
         if not _no_worse(model, valid_data, final_weights):
             averaged = []
     model.save(os.path.join(run_dir, "model.keras"))
+    plot_history(run_dir)
     summary = {
         "steps": int(model.optimizer.iterations.numpy()),
+        "steps_per_epoch": steps_per_epoch,
+        "target_tokens_per_epoch": tokens_per_epoch,
+        "precision": plan.precision,
         "epochs_this_run": len(history.history.get("loss", [])),
         "train_seconds_this_run": round(train_seconds, 1),
+        # Real (non-pad) target tokens per second of `fit`, validation passes included.
+        "target_tokens_per_second": round(
+            tokens_per_epoch * len(history.history.get("loss", [])) / train_seconds),
         "averaged_checkpoints": [os.path.basename(p) for p in averaged],
         "vocab_size": tokenizer.vocab_size,
         "parameters": model.count_params(),
