@@ -70,7 +70,8 @@ class TrainingPlan(keras.callbacks.Callback):
         super().__init__()
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
         self.tokens_per_epoch, self.precision = tokens_per_epoch, precision
-        self.first_epoch = self.started = None
+        self.first_epoch = self.started = self.last_end = None
+        self.epoch_seconds = []  # the first one includes tracing and XLA compilation
 
     def on_train_begin(self, logs=None):
         print(f"plan: {self.epochs} epochs x {self.steps_per_epoch} steps "
@@ -84,8 +85,11 @@ class TrainingPlan(keras.callbacks.Callback):
                 print(f"resuming at epoch {epoch + 1}", flush=True)
 
     def on_epoch_end(self, epoch, logs=None):
+        now = time.time()
+        self.epoch_seconds.append(round(now - (self.last_end or self.started), 1))
+        self.last_end = now
         if epoch == self.first_epoch and epoch + 1 < self.epochs:
-            seconds = time.time() - self.started
+            seconds = now - self.started
             left = (self.epochs - epoch - 1) * seconds
             print(f"\nfirst epoch took {seconds:.0f} s (tracing and compiling included): "
                   f"about {left / 60:.0f} min for the remaining {self.epochs - epoch - 1}",
@@ -140,6 +144,8 @@ def train(config, run_dir, verbose="auto"):
                         callbacks=[plan, *callbacks(config, run_dir)], verbose=verbose)
     train_seconds = time.time() - started
 
+    # Read before averaging: loading a checkpoint also restores its optimizer step.
+    steps = int(model.optimizer.iterations.numpy())
     checkpoints = list_checkpoints(os.path.join(run_dir, "checkpoints"))
     averaged = checkpoints[-config.training.average_last:] if config.training.average_last else []
     if len(averaged) > 1:
@@ -150,10 +156,11 @@ def train(config, run_dir, verbose="auto"):
     model.save(os.path.join(run_dir, "model.keras"))
     plot_history(run_dir)
     summary = {
-        "steps": int(model.optimizer.iterations.numpy()),
+        "steps": steps,
         "steps_per_epoch": steps_per_epoch,
         "target_tokens_per_epoch": tokens_per_epoch,
         "precision": plan.precision,
+        "epoch_seconds": plan.epoch_seconds,
         "epochs_this_run": len(history.history.get("loss", [])),
         "train_seconds_this_run": round(train_seconds, 1),
         # Real (non-pad) target tokens per second of `fit`, validation passes included.
