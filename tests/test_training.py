@@ -145,3 +145,14 @@ def test_main_job_console_is_quiet_and_reports_the_plan(tmp_path):
     assert {"bleu", "bleu_lowercase", "chrf"} <= set(report)
     assert report["bleu_lowercase"] >= report["bleu"]
     assert (run_dir / "learning_curve.png").stat().st_size > 10_000
+
+
+def test_time_budget_stops_after_the_epoch_that_uses_it(tmp_path):
+    from keras_transformer.training.config import parse_config
+    from keras_transformer.training.train import train
+
+    values = yaml.safe_load(open(TINY_CONFIG))
+    values["training"].update(epochs=5, time_budget_minutes=0.001)
+    _, _, summary = train(parse_config(values), str(tmp_path / "run"), verbose=0)
+    assert summary["stopped_by_time_budget"] and summary["epochs_this_run"] == 1
+    assert os.path.exists(tmp_path / "run" / "model.keras")

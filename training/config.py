@@ -96,6 +96,10 @@ class TrainingConfig(_Validated):
     backup_every: int = 200  # steps between BackupAndRestore snapshots
     average_last: int = 5  # average this many last checkpoints at the end (0: off)
     seed: int = 0
+    # Stop after the epoch when another one would pass this many minutes of `fit`
+    # (validation included); None trains all `epochs`. Keeps a run's wall time bounded
+    # on slower machines; the epochs it trained are in summary.json.
+    time_budget_minutes: Optional[float] = None
 
     RULES: ClassVar[dict] = {
         "epochs": at_least(1), "batch_tokens": at_least(1), "warmup_steps": at_least(1),
@@ -104,6 +108,7 @@ class TrainingConfig(_Validated):
         "devices": at_least(1), "mixed_precision": one_of(*MIXED_PRECISION),
         "checkpoint_every": at_least(1), "backup_every": at_least(1),
         "average_last": at_least(0),
+        "time_budget_minutes": (lambda value: value > 0, "> 0"),
         # `is`: 0 and 1 compare equal to False and True but are not YAML booleans.
         "jit_compile": (lambda value: value is True or value is False or value == "auto",
                         "true, false or auto"),

@@ -66,8 +66,9 @@ def build_model(config, tokenizer, strategy):
 class TrainingPlan(keras.callbacks.Callback):
     """Prints the plan before the first step and a time estimate after the first epoch."""
 
-    def __init__(self, epochs, steps_per_epoch, tokens_per_epoch, precision):
+    def __init__(self, epochs, steps_per_epoch, tokens_per_epoch, precision, budget=None):
         super().__init__()
+        self.budget = budget
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
         self.tokens_per_epoch, self.precision = tokens_per_epoch, precision
         self.first_epoch = self.started = self.last_end = None
@@ -76,7 +77,9 @@ class TrainingPlan(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         print(f"plan: {self.epochs} epochs x {self.steps_per_epoch} steps "
               f"({self.epochs * self.steps_per_epoch} steps, {self.tokens_per_epoch:,} target "
-              f"tokens an epoch), {self.precision}", flush=True)
+              f"tokens an epoch), {self.precision}"
+              + (f", at most {self.budget:g} min of training" if self.budget else ""),
+              flush=True)
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.first_epoch is None:
@@ -93,6 +96,30 @@ class TrainingPlan(keras.callbacks.Callback):
             left = (self.epochs - epoch - 1) * seconds
             print(f"\nfirst epoch took {seconds:.0f} s (tracing and compiling included): "
                   f"about {left / 60:.0f} min for the remaining {self.epochs - epoch - 1}",
+                  flush=True)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training at the end of the epoch after which one more epoch would exceed
+    `minutes` of this run's `fit` (judged by the last epoch's duration)."""
+
+    def __init__(self, minutes):
+        super().__init__()
+        self.seconds = 60 * minutes
+        self.started = self.last_end = None
+        self.stopped_after = None
+
+    def on_train_begin(self, logs=None):
+        self.started = self.last_end = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.time()
+        last, self.last_end = now - self.last_end, now
+        if now - self.started + last > self.seconds:
+            self.model.stop_training = True
+            self.stopped_after = epoch + 1
+            print(f"\ntime budget: stopping after epoch {epoch + 1} "
+                  f"({(now - self.started) / 60:.1f} of {self.seconds / 60:.0f} min)",
                   flush=True)
 
 
@@ -137,11 +164,16 @@ def train(config, run_dir, verbose="auto"):
     model = build_model(config, tokenizer, strategy)
     policy = model.dtype_policy.name
     plan = TrainingPlan(config.training.epochs, steps_per_epoch, tokens_per_epoch,
-                        f"{policy}, XLA {'on' if model.jit_compile else 'off'}")
+                        f"{policy}, XLA {'on' if model.jit_compile else 'off'}",
+                        config.training.time_budget_minutes)
+    extra = [plan]
+    budget = config.training.time_budget_minutes
+    if budget:
+        extra.append(TimeBudget(budget))
     started = time.time()
     history = model.fit(train_data, validation_data=valid_data, epochs=config.training.epochs,
                         steps_per_epoch=steps_per_epoch, shuffle=False,
-                        callbacks=[plan, *callbacks(config, run_dir)], verbose=verbose)
+                        callbacks=[*extra, *callbacks(config, run_dir)], verbose=verbose)
     train_seconds = time.time() - started
 
     # Read before averaging: loading a checkpoint also restores its optimizer step.
@@ -161,6 +193,7 @@ def train(config, run_dir, verbose="auto"):
         "target_tokens_per_epoch": tokens_per_epoch,
         "precision": plan.precision,
         "epoch_seconds": plan.epoch_seconds,
+        "stopped_by_time_budget": bool(budget and extra[-1].stopped_after),
         "epochs_this_run": len(history.history.get("loss", [])),
         "train_seconds_this_run": round(train_seconds, 1),
         # Real (non-pad) target tokens per second of `fit`, validation passes included.
