@@ -35,10 +35,10 @@ setup(
         "pyyaml>=6",
         "matplotlib>=3.7",
         "tensorboard>=2.20",
+        "ai-edge-litert==2.3.*",  # `translate` / `evaluate` run .tflite files in LiteRT
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis", "ai-edge-litert==2.3.*", "nbclient", "nbformat",
-                 "ipykernel"],
+        "test": ["pytest>=8", "hypothesis", "nbclient", "nbformat", "ipykernel"],
         "bench": ["keras-hub==0.32.*"],
     },
     entry_points={"console_scripts": ["keras-transformer=keras_transformer.cli:main"]},

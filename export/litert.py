@@ -9,6 +9,8 @@ Example:
 [b'Ein Hund rennt.']
 """
 
+import threading
+
 import numpy as np
 
 from keras_transformer.export.settings import choose_beam, tflite_decoding
@@ -81,13 +83,20 @@ def litert_translator(path, beam_size=None, num_threads=None):
     """`translate(list_of_str) -> list of bytes` with the `translate` (exported beam) or
     `greedy` (beam 1) signature; another beam than these is a BeamError. Sentences run
     one at a time (the string signatures take one). `translate.beam_size` is the beam it
-    decodes with (None: not recorded in the file)."""
+    decodes with (None: not recorded in the file).
+
+    Safe to share between threads: a LiteRT interpreter holds its tensors in place and must
+    not run two calls at once (shared by 8 threads, one failed RESHAPE checks and returned
+    wrong answers), so each thread gets an interpreter of its own on its first call.
+    """
     beam = choose_beam(beam_size, tflite_decoding(path).get("beam_size"), path)
-    runner = load_interpreter(path, num_threads).get_signature_runner(
-        "greedy" if beam == 1 else "translate")
+    signature = "greedy" if beam == 1 else "translate"
+    local = threading.local()
 
     def translate(sentences):
-        return [runner(sentence=np.array([s], dtype=object))["translation"][0]
+        if not hasattr(local, "runner"):
+            local.runner = load_interpreter(path, num_threads).get_signature_runner(signature)
+        return [local.runner(sentence=np.array([s], dtype=object))["translation"][0]
                 for s in sentences]
 
     translate.beam_size = beam

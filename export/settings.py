@@ -8,10 +8,12 @@ that a reader can check a requested beam instead of silently decoding with anoth
 
 import json
 
+from keras_transformer.errors import UsageError
+
 TFLITE_METADATA = "keras_transformer.decoding"
 
 
-class BeamError(ValueError):
+class BeamError(UsageError):
     """A beam size that an exported translator cannot decode with."""
 
 

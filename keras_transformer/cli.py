@@ -98,7 +98,6 @@ def _exported_translator(path, beam_size):
     `translate.beam_size` is the beam used (None: an older export that does not say).
     """
     from keras_transformer.export.settings import BeamError
-    from keras_transformer.training.config import ConfigError
 
     if path.endswith(".tflite") and os.path.isfile(path):
         from keras_transformer.export.litert import litert_translator as load
@@ -111,17 +110,27 @@ def _exported_translator(path, beam_size):
     try:
         return load(path, beam_size), name
     except BeamError as e:
-        raise ConfigError(f"--beam {beam_size}: {e}") from None
+        raise BeamError(f"--beam {beam_size}: {e}") from None
 
 
 def _export(args):
     from keras_transformer.training.config import ConfigError
     from keras_transformer.training.evaluate import load_run
 
+    ids_only = getattr(args, "ids_only", False)
+    if ids_only and args.format != "saved_model":
+        raise ConfigError("--ids-only: only with --format saved_model")
     # Refuses a run without model.keras unless --checkpoint names the weights to export.
     config, model, tokenizer = load_run(args.run, getattr(args, "checkpoint", None))
     evaluation = config.evaluation
-    if args.format == "saved_model":
+    if args.format == "saved_model" and ids_only:
+        from keras_transformer.export.saved_model import export_ids_saved_model
+
+        out = args.out or os.path.join(args.run, "saved_model_ids")
+        export_ids_saved_model(model, tokenizer, out, evaluation.beam_size, evaluation.alpha,
+                               evaluation.max_extra_length)
+        print(f"SavedModel (ids in/out, core TensorFlow ops only) written to {out}")
+    elif args.format == "saved_model":
         from keras_transformer.export.saved_model import export_saved_model
 
         out = args.out or os.path.join(args.run, "saved_model")
@@ -152,7 +161,8 @@ def _read_sentences(args):
 
 
 def _translate(args):
-    from keras_transformer.training.evaluate import translate_lines
+    # Serving only: no training code, no sacreBLEU.
+    from keras_transformer.translation import translate_lines
 
     translate, _ = _exported_translator(args.model, args.beam)
     sentences = _read_sentences(args)
@@ -243,6 +253,10 @@ def build_parser():
     export.add_argument("--max-output-length", type=int, default=128,
                         help="tflite: static output length (the decoding cache size)")
     export.add_argument("--checkpoint", help=CHECKPOINT_HELP)
+    export.add_argument("--ids-only", action="store_true",
+                        help="saved_model: ids in, ids out, core TensorFlow ops only (no "
+                             "tensorflow-text), for stock TF Serving; default --out "
+                             "RUN/saved_model_ids")
     export.set_defaults(func=_export)
 
     translate = commands.add_parser("translate", help="translate with an exported model")
@@ -295,12 +309,11 @@ def main(argv=None):
     quiet_startup()
     if getattr(args, "verbose", None) not in (None, "auto"):
         args.verbose = int(args.verbose)
-    from keras_transformer.training.config import ConfigError, RunError
-    from keras_transformer.training.data import DataError
+    from keras_transformer.errors import UsageError
 
     try:
         args.func(args)
-    except (ConfigError, DataError, RunError, FileNotFoundError) as e:
+    except (UsageError, FileNotFoundError) as e:
         # One line, as argparse reports usage errors (a YAML error spans several lines).
         print(f"keras-transformer: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2

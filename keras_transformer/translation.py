@@ -12,6 +12,10 @@ Source ids are padded to a multiple of `length_bucket` tokens and the batch to a
 of two, so the XLA-compiled decoder compiles once per bucket, not once per shape.
 """
 
+import threading
+
+import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_transformer import decoding
@@ -36,6 +40,9 @@ class TextTranslator:
         self.length_bucket = length_bucket
         self.jit_compile = jit_compile
         self._compiled = {}
+        # Threads share one compiled decoder per (beam, α); the lock keeps two threads
+        # from building (and XLA-compiling) the same one at once.
+        self._lock = threading.Lock()
 
     def encode_text(self, sentences):
         """Strings `[batch]` → source ids `[batch, bucketed_length]` (pad 0)."""
@@ -63,18 +70,38 @@ class TextTranslator:
 
     def _decoder(self, beam_size, alpha):
         key = (beam_size, float(alpha))
-        if key not in self._compiled:
-            def run(source_ids):
-                max_length = tf.shape(source_ids)[1] + self.max_extra_length
-                return decoding.decode(self.model, source_ids, max_length, beam_size, alpha,
-                                       self.max_extra_length)
+        with self._lock:
+            if key not in self._compiled:
+                self._compiled[key] = self._build_decoder(beam_size, alpha)
+            return self._compiled[key]
 
-            self._compiled[key] = tf.function(run, jit_compile=self.jit_compile,
-                                              reduce_retracing=True)
-        return self._compiled[key]
+    def _build_decoder(self, beam_size, alpha):
+        def run(source_ids):
+            max_length = tf.shape(source_ids)[1] + self.max_extra_length
+            return decoding.decode(self.model, source_ids, max_length, beam_size, alpha,
+                                   self.max_extra_length)
+
+        return tf.function(run, jit_compile=self.jit_compile, reduce_retracing=True)
 
 
 def _pad_to_buckets(ids, bucket):
     length = tf.shape(ids)[1]
     target = tf.maximum(bucket, (length + bucket - 1) // bucket * bucket)
     return tf.pad(ids, [[0, 0], [0, target - length]])
+
+
+def translate_lines(translate, lines, batch_size=64, verbose=1):
+    """Translate a list of strings with `translate(list_of_str) -> array of bytes`.
+
+    Sentences are sorted by length so each batch pads little; a Keras progress bar
+    counts sentences. Output order matches input order.
+    """
+    order = np.argsort([len(line) for line in lines], kind="stable")
+    outputs = [None] * len(lines)
+    progress = keras.utils.Progbar(len(lines), unit_name="sentence", verbose=verbose)
+    for start in range(0, len(lines), batch_size):
+        chunk = order[start:start + batch_size]
+        for index, text in zip(chunk, translate([lines[i] for i in chunk])):
+            outputs[index] = text.decode("utf-8") if isinstance(text, bytes) else str(text)
+        progress.add(len(chunk))
+    return outputs

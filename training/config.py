@@ -7,6 +7,7 @@ from typing import ClassVar, Optional
 import yaml
 
 from keras_transformer.config import PRESETS, TransformerConfig, check_field_types
+from keras_transformer.errors import UsageError
 
 SOURCES = ("multi30k", "text", "tfds")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
@@ -14,11 +15,11 @@ MIXED_PRECISION = ("none", "auto", "mixed_bfloat16", "mixed_float16")
 SPECIAL_TOKENS = 4  # pad, unk, bos, eos (keras_transformer.tokenizer)
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """A configuration file that cannot be used; the message names the file and key."""
 
 
-class RunError(ValueError):
+class RunError(UsageError):
     """A run directory that cannot be used as asked (e.g. it has no trained model); the
     message says what to do instead."""
 

@@ -12,6 +12,7 @@ import os
 
 import tensorflow as tf
 
+from keras_transformer.errors import UsageError
 from keras_transformer.tokenizer import BOS_ID, EOS_ID
 
 MULTI30K_DIR = os.path.join(os.path.dirname(__file__), "data", "multi30k")
@@ -19,7 +20,7 @@ MULTI30K_SPLITS = ("train", "val", "test_2016_flickr")
 MULTI30K_LANGS = ("en", "de", "fr")
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """A corpus file that cannot be used; the message names the file."""
 
 

@@ -4,7 +4,6 @@ import json
 import os
 
 import keras
-import numpy as np
 import sacrebleu
 
 from keras_transformer.model import Transformer
@@ -12,24 +11,7 @@ from keras_transformer.tokenizer import SubwordTokenizer
 from keras_transformer.training import corpus
 from keras_transformer.training.averaging import list_checkpoints
 from keras_transformer.training.config import RunError, load_config
-from keras_transformer.translation import TextTranslator
-
-
-def translate_lines(translate, lines, batch_size=64, verbose=1):
-    """Translate a list of strings with `translate(list_of_str) -> array of bytes`.
-
-    Sentences are sorted by length so each batch pads little; a Keras progress bar
-    counts sentences. Output order matches input order.
-    """
-    order = np.argsort([len(line) for line in lines], kind="stable")
-    outputs = [None] * len(lines)
-    progress = keras.utils.Progbar(len(lines), unit_name="sentence", verbose=verbose)
-    for start in range(0, len(lines), batch_size):
-        chunk = order[start:start + batch_size]
-        for index, text in zip(chunk, translate([lines[i] for i in chunk])):
-            outputs[index] = text.decode("utf-8") if isinstance(text, bytes) else str(text)
-        progress.add(len(chunk))
-    return outputs
+from keras_transformer.translation import TextTranslator, translate_lines
 
 
 def bleu(hypotheses, references, lowercase=False):

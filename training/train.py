@@ -93,10 +93,12 @@ class TrainingPlan(keras.callbacks.Callback):
         self.last_end = now
         if epoch == self.first_epoch and epoch + 1 < self.epochs:
             seconds = now - self.started
-            left = (self.epochs - epoch - 1) * seconds
+            left = self.epochs - epoch - 1
+            if self.budget:  # the TimeBudget callback decides; say what it will allow
+                left = min(left, max(0, int((60 * self.budget - seconds) // seconds)))
             print(f"\nfirst epoch took {seconds:.0f} s (tracing and compiling included): "
-                  f"about {left / 60:.0f} min for the remaining {self.epochs - epoch - 1}",
-                  flush=True)
+                  f"at most {left * seconds / 60:.0f} min for {left} more epochs"
+                  + (f" (the {self.budget:g}-min budget)" if self.budget else ""), flush=True)
 
 
 class TimeBudget(keras.callbacks.Callback):
