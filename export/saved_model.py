@@ -15,6 +15,10 @@ The beam size, α and max_extra_length it was exported with are in `assets/decod
 The tokenizer runs inside the graph (tensorflow-text ops), so serving needs only
 `import tensorflow, tensorflow_text` — not this project. Decoding is XLA-compiled per
 shape bucket (see `keras_transformer.translation`).
+
+`export_ids_saved_model` writes the variant for the stock TF Serving binary, which does not
+register tensorflow-text ops (tensorflow/serving#1490): ids in, ids out, core TensorFlow ops
+only; the client tokenizes with `assets/tokenizer.model` (see `serving_client.py`).
 """
 
 import os
@@ -23,9 +27,10 @@ import tensorflow as tf
 
 from keras_transformer.export.settings import choose_beam
 from keras_transformer.tokenizer import BOS_ID, PAD_ID
-from keras_transformer.translation import TextTranslator
+from keras_transformer.translation import TextTranslator, _pad_to_buckets
 
 STRINGS = tf.TensorSpec([None], tf.string, name="sentences")
+SOURCE_IDS = tf.TensorSpec([None, None], tf.int32, name="source_ids")
 
 
 class Translator(tf.Module):
@@ -110,6 +115,77 @@ def export_saved_model(model, tokenizer, out_dir, beam_size=4, alpha=0.6, max_ex
     return translator
 
 
+class IdsTranslator(tf.Module):
+    """Source ids in, target ids out: the Translator's decoding without its tokenizer, so
+    the SavedModel holds core TensorFlow ops only and stock TF Serving can run it.
+
+    Signatures `serving_default` (beam search with the exported beam and α) and `greedy`
+    take `source_ids [batch, length] int32` (SentencePiece ids of `assets/tokenizer.model`,
+    no bos/eos, pad 0; any length: it is cut to `max_source_length` and padded to the
+    decoder's shape bucket) and return `ids [batch, out_len] int32` (eos, then pad 0) and
+    `scores [batch] float32`.
+
+    Example:
+    >>> module = IdsTranslator(model, tokenizer, beam_size=4)          # doctest: +SKIP
+    >>> module.beam(tf.constant([[52, 9, 311, 5]]))["ids"]             # doctest: +SKIP
+    <tf.Tensor: shape=(1, 66), dtype=int32, numpy=array([[41, 17, 8, 3, 0, ...]])>
+    """
+
+    def __init__(self, model, tokenizer, beam_size=4, alpha=0.6, max_extra_length=50,
+                 max_source_length=256, jit_compile=True):
+        super().__init__(name="ids_translator")
+        self.model = model
+        self.beam_size = beam_size
+        self.alpha = alpha
+        # The same decoder as the Translator's, built without a tokenizer: a tokenizer
+        # tracked on this module would save its tensorflow-text resources and ops too.
+        self.text = TextTranslator(model, None, max_source_length, max_extra_length,
+                                   jit_compile=jit_compile)
+        # Only the SentencePiece file travels with the model, for the client to tokenize.
+        self.vocabulary = tf.saved_model.Asset(_write_vocabulary(tokenizer))
+        self.decoding = tf.saved_model.Asset(_write_decoding(
+            beam_size=beam_size, alpha=alpha, max_extra_length=max_extra_length))
+
+    @tf.function(input_signature=[SOURCE_IDS])
+    def beam(self, source_ids):
+        return self._decode(source_ids, self.beam_size)
+
+    @tf.function(input_signature=[SOURCE_IDS])
+    def greedy(self, source_ids):
+        return self._decode(source_ids, 1)
+
+    def _decode(self, source_ids, beam_size):
+        # Cut and bucket as `TextTranslator.encode_text` does for text, so a client's
+        # request of any length reuses one of a few compiled shapes and decodes exactly
+        # as the string signatures would.
+        source_ids = source_ids[:, : self.text.max_source_length]
+        source_ids = _pad_to_buckets(source_ids, self.text.length_bucket)
+        ids, scores = self.text.decode_ids(source_ids, beam_size, self.alpha)
+        return {"ids": tf.cast(ids, tf.int32), "scores": tf.cast(scores, tf.float32)}
+
+    def signatures(self):
+        return {"serving_default": self.beam.get_concrete_function(),
+                "greedy": self.greedy.get_concrete_function()}
+
+
+def export_ids_saved_model(model, tokenizer, out_dir, beam_size=4, alpha=0.6,
+                           max_extra_length=50, jit_compile=True):
+    """Write the ids-only SavedModel (core TensorFlow ops only) to `out_dir`; returns the
+    IdsTranslator.
+
+    With `jit_compile=True` (as the full export) decoding is XLA-compiled, which TF Serving
+    runs only with `--xla_cpu_compilation_enabled=true`; `jit_compile=False` serves with
+    no flag, at graph-mode speed.
+
+    Example:
+    >>> export_ids_saved_model(model, tokenizer, "translator_ids/1")   # doctest: +SKIP
+    """
+    module = IdsTranslator(model, tokenizer, beam_size, alpha, max_extra_length,
+                           jit_compile=jit_compile)
+    tf.saved_model.save(module, out_dir, signatures=module.signatures())
+    return module
+
+
 def exported_decoding(loaded):
     """The decoding settings (`beam_size`, `alpha`, ...) a loaded Translator SavedModel was
     exported with; {} for SavedModels exported before they were recorded."""
@@ -139,5 +215,5 @@ def saved_model_translator(path, beam_size=None):
     return translate
 
 
-__all__ = ["Translator", "export_saved_model", "exported_decoding",
-           "saved_model_translator"]
+__all__ = ["IdsTranslator", "Translator", "export_ids_saved_model", "export_saved_model",
+           "exported_decoding", "saved_model_translator"]
