@@ -4,7 +4,7 @@ Measured on the 2-core machines this project runs on:
 
 - AVX2-only CPUs (no bf16 units): bf16 matmuls run at the fp32 rate (tf.matmul 2048²:
   113 vs 128 GFLOP/s), so float32 is the choice; XLA speeds up our training step
-  (4+4 layers, d_model 128: 3,717 → 4,806 target tokens/s; "small": 1,783 → 2,186).
+  ("small", `python bench/train.py`: 1,839 → 2,173 target tokens/s).
 - CPUs with native bf16 (`avx512_bf16` or `amx_bf16` in the CPU flags, e.g. Zen 4):
   mixed_bfloat16 without XLA is fastest ("small": 3,850 tok/s against 3,006 with XLA
   and 3,014 for float32 with XLA): TensorFlow's oneDNN bf16 kernels beat XLA's CPU dots.
