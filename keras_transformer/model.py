@@ -3,6 +3,9 @@
 import keras
 from keras import ops
 
+# Imported for their registrations: a saved model's compile config names our loss, metric
+# and learning-rate schedule, which `keras.models.load_model` must find in a fresh process.
+from keras_transformer import losses, schedules  # noqa: F401
 from keras_transformer.config import TransformerConfig
 from keras_transformer.layers.decoder import TransformerDecoder
 from keras_transformer.layers.dropout import Dropout

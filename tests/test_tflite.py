@@ -70,7 +70,8 @@ def test_litert_strings_equal_tensorflow_decoding(run_parts, edge_fp32):
 def test_litert_ids_equal_edge_module_in_tensorflow(run_parts, edge_fp32):
     model, tokenizer = run_parts
     ids = tokenizer.tokenize(first_test_sentences(6)).to_tensor().numpy()
-    module = EdgeTranslator(model, tokenizer, beam_size=2, max_output_length=MAX_OUTPUT)
+    module = EdgeTranslator(model, tokenizer, beam_size=2, max_extra_length=MAX_EXTRA,
+                            max_output_length=MAX_OUTPUT)
     for beam, function in ((1, module.greedy_ids), (2, module.translate_ids)):
         got_ids, got_scores = litert.litert_ids(edge_fp32[0], ids, beam)
         want = function(tf.constant(ids))
@@ -92,7 +93,7 @@ def test_streaming_variant_steps_to_the_greedy_output(run_parts, edge_fp32):
         cache[f"self_key_{i}"] = np.zeros(shape, np.float32)
         cache[f"self_value_{i}"] = np.zeros(shape, np.float32)
     token, tokens = BOS_ID, []
-    budget = int((source != 0).sum()) + 50
+    budget = int((source != 0).sum()) + MAX_EXTRA
     for index in range(MAX_OUTPUT):
         out = step(token=np.array([token], np.int32), index=np.array(index, np.int32), **cache)
         token = EOS_ID if index + 1 >= budget else int(np.argmax(out.pop("logits")[0]))
@@ -110,7 +111,7 @@ def test_quantized_models_are_smaller_and_translate(run_parts, edge_fp32, tmp_pa
     model, tokenizer = run_parts
     out = str(tmp_path / f"model.{quantize}.tflite")
     path, _ = convert_tflite(model, tokenizer, out, quantize, beam_size=2,
-                             max_output_length=MAX_OUTPUT)
+                             max_extra_length=MAX_EXTRA, max_output_length=MAX_OUTPUT)
     litert.check_operators(path)
     assert os.path.getsize(path) < os.path.getsize(edge_fp32[0])
     fp32_bytes = litert.buffer_bytes_by_type(edge_fp32[0])
