@@ -156,3 +156,16 @@ def test_time_budget_stops_after_the_epoch_that_uses_it(tmp_path):
     _, _, summary = train(parse_config(values), str(tmp_path / "run"), verbose=0)
     assert summary["stopped_by_time_budget"] and summary["epochs_this_run"] == 1
     assert os.path.exists(tmp_path / "run" / "model.keras")
+
+
+def test_epoch_estimate_leaves_out_one_off_compilations():
+    """The first epoch traces and compiles each length bucket once (seconds against a
+    fraction of a second a step): the budget must judge the next epoch without them,
+    or a short budget stops after one epoch (the quick demo did: 1.77 BLEU)."""
+    from keras_transformer.training.progress import steady_seconds
+
+    first_epoch = [8.0] + [0.4] * 50 + [6.5] + [0.5] * 40 + [7.0] + [0.45] * 30
+    steady = steady_seconds(first_epoch)
+    assert abs(steady - (sum(first_epoch) - 21.5 + 3 * 0.45)) < 1e-6
+    assert steady_seconds([0.4, 0.5, 0.6]) == 1.5  # a steady epoch stays as it is
+    assert steady_seconds([]) == 0.0

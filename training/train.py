@@ -30,6 +30,7 @@ from keras_transformer.training.data import (epoch_size, make_batches, text_pair
                                              with_known_length)
 from keras_transformer.training.plot import plot_history
 from keras_transformer.training.precision import resolve_precision
+from keras_transformer.training.progress import EpochClock, TimeBudget, TrainingPlan
 from keras_transformer.training.strategy import make_strategy
 
 
@@ -61,87 +62,6 @@ def build_model(config, tokenizer, strategy):
             jit_compile=jit_compile,
         )
     return model
-
-
-class TrainingPlan(keras.callbacks.Callback):
-    """Prints the plan before the first step and a time estimate after the first epoch."""
-
-    def __init__(self, epochs, steps_per_epoch, tokens_per_epoch, precision, budget=None):
-        super().__init__()
-        self.budget = budget
-        self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
-        self.tokens_per_epoch, self.precision = tokens_per_epoch, precision
-        self.first_epoch = self.started = self.last_end = None
-        self.epoch_seconds = []  # the first one includes tracing and XLA compilation
-
-    def on_train_begin(self, logs=None):
-        print(f"plan: {self.epochs} epochs x {self.steps_per_epoch} steps "
-              f"({self.epochs * self.steps_per_epoch} steps, {self.tokens_per_epoch:,} target "
-              f"tokens an epoch), {self.precision}"
-              + (f", at most {self.budget:g} min of training" if self.budget else ""),
-              flush=True)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self.first_epoch is None:
-            self.first_epoch, self.started = epoch, time.time()
-            if epoch:
-                print(f"resuming at epoch {epoch + 1}", flush=True)
-
-    def on_epoch_end(self, epoch, logs=None):
-        now = time.time()
-        self.epoch_seconds.append(round(now - (self.last_end or self.started), 1))
-        self.last_end = now
-        if epoch == self.first_epoch and epoch + 1 < self.epochs:
-            seconds = now - self.started
-            left = self.epochs - epoch - 1
-            if self.budget:  # the TimeBudget callback decides; say what it will allow
-                left = min(left, max(0, int((60 * self.budget - seconds) // seconds)))
-            print(f"\nfirst epoch took {seconds:.0f} s (tracing and compiling included): "
-                  f"at most {left * seconds / 60:.0f} min for {left} more epochs"
-                  + (f" (the {self.budget:g}-min budget)" if self.budget else ""), flush=True)
-
-
-class TimeBudget(keras.callbacks.Callback):
-    """Stops training at the end of the epoch after which one more epoch would exceed
-    `minutes` of this run's `fit`.
-
-    The next epoch is judged by the second half of the last one's steps (twice their time)
-    plus its validation pass: the first epoch also traces and XLA-compiles every length
-    bucket (~120 s of a 247 s first epoch in the main job), which later epochs do not repeat.
-    """
-
-    def __init__(self, minutes):
-        super().__init__()
-        self.seconds = 60 * minutes
-        self.started = self.epoch_started = None
-        self.batch_ends = []
-        self.stopped_after = None
-
-    def on_train_begin(self, logs=None):
-        self.started = time.time()
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_started, self.batch_ends = time.time(), []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.batch_ends.append(time.time())
-
-    def next_epoch_seconds(self, now):
-        ends = self.batch_ends
-        if len(ends) < 4:
-            return now - self.epoch_started
-        half = len(ends) // 2
-        steps = (ends[-1] - ends[half - 1]) * len(ends) / (len(ends) - half)
-        return steps + (now - ends[-1])  # + validation
-
-    def on_epoch_end(self, epoch, logs=None):
-        now = time.time()
-        if now - self.started + self.next_epoch_seconds(now) > self.seconds:
-            self.model.stop_training = True
-            self.stopped_after = epoch + 1
-            print(f"\ntime budget: stopping after epoch {epoch + 1} "
-                  f"({(now - self.started) / 60:.1f} of {self.seconds / 60:.0f} min)",
-                  flush=True)
 
 
 def callbacks(config, run_dir):
@@ -184,13 +104,12 @@ def train(config, run_dir, verbose="auto"):
 
     model = build_model(config, tokenizer, strategy)
     policy = model.dtype_policy.name
-    plan = TrainingPlan(config.training.epochs, steps_per_epoch, tokens_per_epoch,
-                        f"{policy}, XLA {'on' if model.jit_compile else 'off'}",
-                        config.training.time_budget_minutes)
-    extra = [plan]
     budget = config.training.time_budget_minutes
-    if budget:
-        extra.append(TimeBudget(budget))
+    clock = EpochClock()
+    plan = TrainingPlan(clock, config.training.epochs, steps_per_epoch, tokens_per_epoch,
+                        f"{policy}, XLA {'on' if model.jit_compile else 'off'}", budget)
+    stopper = TimeBudget(clock, budget) if budget else None
+    extra = [clock, plan] + ([stopper] if stopper else [])
     started = time.time()
     history = model.fit(train_data, validation_data=valid_data, epochs=config.training.epochs,
                         steps_per_epoch=steps_per_epoch, shuffle=False,
@@ -213,8 +132,8 @@ def train(config, run_dir, verbose="auto"):
         "steps_per_epoch": steps_per_epoch,
         "target_tokens_per_epoch": tokens_per_epoch,
         "precision": plan.precision,
-        "epoch_seconds": plan.epoch_seconds,
-        "stopped_by_time_budget": bool(budget and extra[-1].stopped_after),
+        "epoch_seconds": clock.epoch_seconds,
+        "stopped_by_time_budget": bool(stopper and stopper.stopped_after),
         "epochs_this_run": len(history.history.get("loss", [])),
         "train_seconds_this_run": round(train_seconds, 1),
         # Real (non-pad) target tokens per second of `fit`, validation passes included.
