@@ -54,7 +54,9 @@ class DataConfig(_Validated):
     source_lang: str = "en"
     target_lang: str = "de"
     max_length: int = 128  # subword tokens per side; longer pairs are dropped in training
-    train_source: Optional[str] = None  # for source: text (plain or .gz files)
+    # For source: text: a file (plain or .gz) or a glob of shards, e.g. train.*.en.gz;
+    # the sorted source shards pair with the sorted target shards one to one.
+    train_source: Optional[str] = None
     train_target: Optional[str] = None
     valid_source: Optional[str] = None
     valid_target: Optional[str] = None
@@ -66,6 +68,9 @@ class DataConfig(_Validated):
     valid_split: str = "validation"
     test_split: str = "test"
     train_limit: Optional[int] = None  # use only the first N training pairs (smoke runs)
+    # Keep the tokenized train split in memory after the first epoch; null: only for
+    # small corpora (Multi30k, train_limit, text files under 256 MB; training/corpus.py).
+    cache_tokens: Optional[bool] = None
 
     RULES: ClassVar[dict] = {"source": one_of(*SOURCES), "max_length": at_least(1),
                              "train_limit": at_least(1)}
@@ -74,11 +79,15 @@ class DataConfig(_Validated):
 @dataclasses.dataclass
 class TokenizerConfig(_Validated):
     vocab_size: int = 8000
+    # SentencePiece learns from at most this many training sentences (both languages),
+    # a random sample seeded by training.seed, streamed from the corpus.
+    sample_sentences: int = 2_000_000
 
     # The vocabulary must hold more than the special tokens.
     RULES: ClassVar[dict] = {
         "vocab_size": (lambda value: value > SPECIAL_TOKENS,
-                       f"> {SPECIAL_TOKENS} (the special tokens pad, unk, bos, eos)")}
+                       f"> {SPECIAL_TOKENS} (the special tokens pad, unk, bos, eos)"),
+        "sample_sentences": (lambda value: value > 100, "> 100 (SentencePiece's minimum)")}
 
 
 @dataclasses.dataclass
