@@ -258,11 +258,19 @@ def worker_shard(strategy=None):
     resolver = getattr(strategy, "cluster_resolver", None)
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
         return 1, 0
-    cluster = resolver.cluster_spec().as_dict()
+    return input_pipeline(resolver.cluster_spec().as_dict(), resolver.task_type,
+                          resolver.task_id)
+
+
+def input_pipeline(cluster, task_type, task_id):
+    """(pipelines, index) of a task in a cluster spec `{"chief": [...], "worker": [...]}`:
+    the chief and the workers each read a part, the chief first."""
     chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
     if chiefs + workers <= 1:
         return 1, 0
-    index = 0 if resolver.task_type == "chief" else chiefs + int(resolver.task_id)
+    if task_type not in ("chief", "worker"):
+        raise ValueError(f"a {task_type!r} task reads no training data")
+    index = 0 if task_type == "chief" else chiefs + int(task_id)
     return chiefs + workers, index
 
 
