@@ -197,17 +197,20 @@ def test_train_split_is_never_listed(monkeypatch):
     # Each pair is kept with probability 1000 / 58,000 sentences: about 1000, never more.
     assert 850 < sum(1 for _ in corpus.vocabulary_sentences(config, 1000, seed=0)) <= 1000
     assert corpus.cache_tokens(config)  # small: tokens are cached after the first epoch
-    assert not corpus.cache_tokens(parse_config({"data": {"source": "tfds", "tfds_name": "x"}}).data)
+    tfds_config = parse_config({"data": {"source": "tfds", "tfds_name": "x"}}).data
+    assert not corpus.cache_tokens(tfds_config)
 
 
 def test_tfds_train_limit_takes_from_the_stream():
-    sentences = {"pt": [f"frase {i}" for i in range(10)], "en": [f"sentence {i}" for i in range(10)]}
+    sentences = {"pt": [f"frase {i}" for i in range(10)],
+                 "en": [f"sentence {i}" for i in range(10)]}
 
     def as_dataset(self, *args, **kwargs):
         return tf.data.Dataset.from_tensor_slices(sentences)
 
     with tfds.testing.mock_data(as_dataset_fn=as_dataset, policy=tfds.testing.MockPolicy.USE_CODE):
-        config = parse_config({"data": {"source": "tfds", "tfds_name": "ted_hrlr_translate/pt_to_en",
+        config = parse_config({"data": {"source": "tfds",
+                                        "tfds_name": "ted_hrlr_translate/pt_to_en",
                                         "source_lang": "en", "target_lang": "pt",
                                         "train_limit": 4}}).data
         limited = corpus.split_pairs(config, "train")
