@@ -265,3 +265,22 @@ def test_sample_sentences_config_key():
     with pytest.raises(ConfigError, match=r"tokenizer\.sample_sentences must be > 100"):
         parse_config({"tokenizer": {"sample_sentences": 50}})
     assert parse_config({"data": {"cache_tokens": False}}).data.cache_tokens is False
+
+
+def test_tfds_workers_read_even_splits_with_seeded_file_order():
+    sentences = {"pt": ["frase"] * 4, "en": ["sentence"] * 4}
+    asked = []
+
+    def as_dataset(self, *args, split=None, shuffle_files=None, read_config=None, **kwargs):
+        asked.append((split, shuffle_files, read_config.shuffle_seed))
+        return tf.data.Dataset.from_tensor_slices(sentences)
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset, policy=tfds.testing.MockPolicy.USE_CODE):
+        config = parse_config({"data": {"source": "tfds",
+                                        "tfds_name": "ted_hrlr_translate/pt_to_en",
+                                        "source_lang": "en", "target_lang": "pt"}}).data
+        dataset = corpus.split_pairs(config, "train", seed=3, num_workers=2, worker_index=1)
+    split, shuffle_files, seed = asked[-1]
+    assert (split.split, split.index, split.count) == ("train", 1, 2)
+    assert shuffle_files and seed == 3
+    assert _auto_shard_policy(dataset) == tf.data.experimental.AutoShardPolicy.OFF
