@@ -39,7 +39,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis", "nbclient", "nbformat", "ipykernel"],
-        "bench": ["keras-hub==0.32.*"],
+        "bench": ["keras-hub==0.32.*", "ctranslate2==4.8.*"],
     },
     entry_points={"console_scripts": ["keras-transformer=keras_transformer.cli:main"]},
 )
