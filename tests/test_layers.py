@@ -108,3 +108,21 @@ def test_layers_round_trip_through_get_config():
     assert clone.get_config() == layer.get_config()
     attention = MultiHeadAttention(num_heads=3, key_dim=5, dropout=0.1)
     assert MultiHeadAttention.from_config(attention.get_config()).get_config() == attention.get_config()
+
+
+@pytest.mark.parametrize("initializer", ["glorot_uniform",
+                                         keras.initializers.GlorotUniform(seed=7)])
+def test_attention_kernels_start_different(initializer):
+    """One initializer instance repeats its values: shared by the query, key and value
+    kernels it started them equal. Each kernel must get its own draw (seeded ones too)."""
+    layer = MultiHeadAttention(num_heads=2, key_dim=8, kernel_initializer=initializer)
+    x = keras.random.normal((1, 3, 16))
+    layer(x, x)
+    kernels = [layer.query_kernel, layer.key_kernel, layer.value_kernel]
+    for i in range(3):
+        for j in range(i):
+            assert not np.allclose(kernels[i].numpy(), kernels[j].numpy())
+    again = MultiHeadAttention(num_heads=2, key_dim=8, kernel_initializer=initializer)
+    again(x, x)
+    if not isinstance(initializer, str):  # a seeded initializer stays reproducible
+        np.testing.assert_array_equal(again.key_kernel.numpy(), layer.key_kernel.numpy())

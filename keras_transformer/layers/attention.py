@@ -5,7 +5,7 @@ Weights use the layout of `keras.layers.MultiHeadAttention` (query/key/value ker
 between the two layers with `set_weights(get_weights())`.
 
 For incremental decoding, `step` writes the current token's key and value into a
-preallocated cache `[batch, heads, max_length, head_dim]` at a given index instead of
+preallocated cache `[batch, heads, capacity, head_dim]` at a given index instead of
 concatenating: shapes stay static, which XLA and TFLite builtins require.
 """
 
@@ -80,13 +80,27 @@ class MultiHeadAttention(keras.layers.Layer):
         self.value_kernel, self.value_bias = self._dense_weights("value", value_shape[-1], heads)
         out_dim = self.output_dim or query_shape[-1]
         self.output_kernel = self.add_weight(
-            name="output_kernel", shape=heads + (out_dim,), initializer=self.kernel_initializer
+            name="output_kernel", shape=heads + (out_dim,), initializer=self._initializer(3)
         )
         self.output_bias = self.add_weight(name="output_bias", shape=(out_dim,), initializer="zeros")
 
+    def _initializer(self, number):
+        """A copy of `kernel_initializer` for the number-th kernel.
+
+        A Keras initializer fixes its seed when it is made, so one instance returns the
+        same values at every call: shared by Q, K and V, it started all three equal (and
+        the attention logits symmetric). Unseeded copies draw new seeds; a seeded one
+        gives each kernel its own seed (seed + number), still reproducible.
+        """
+        config = self.kernel_initializer.get_config()
+        if isinstance(config.get("seed"), int):
+            config["seed"] += number
+        return self.kernel_initializer.__class__.from_config(config)
+
     def _dense_weights(self, name, input_dim, heads):
+        number = ("query", "key", "value").index(name)
         kernel = self.add_weight(
-            name=f"{name}_kernel", shape=(input_dim,) + heads, initializer=self.kernel_initializer
+            name=f"{name}_kernel", shape=(input_dim,) + heads, initializer=self._initializer(number)
         )
         bias = self.add_weight(name=f"{name}_bias", shape=heads, initializer="zeros")
         return kernel, bias
@@ -194,12 +208,13 @@ class MultiHeadAttention(keras.layers.Layer):
         query_heads, key, value = self._flat_heads(
             query, kernels["query"], kernels["query_bias"], 3
         )
-        max_length = ops.shape(cache_key)[2]
-        positions = ops.arange(max_length)
-        write = ops.reshape(ops.equal(positions, index), (1, 1, max_length, 1))
-        cache_key = ops.where(write, key, cache_key)
-        cache_value = ops.where(write, value, cache_value)
-        visible = ops.reshape(ops.less_equal(positions, index), (1, 1, max_length))
+        # Written in place (XLA DynamicUpdateSlice, a TFLite builtin): a one-hot select
+        # rewrote the whole cache at every step.
+        start = (0, 0, index, 0)
+        cache_key = ops.slice_update(cache_key, start, ops.cast(key, cache_key.dtype))
+        cache_value = ops.slice_update(cache_value, start, ops.cast(value, cache_value.dtype))
+        capacity = ops.shape(cache_key)[2]
+        visible = ops.reshape(ops.less_equal(ops.arange(capacity), index), (1, 1, capacity))
         output, weights = self._attend_heads(
             query_heads, cache_key, cache_value, visible, None, kernels
         )
