@@ -284,3 +284,30 @@ def test_tfds_workers_read_even_splits_with_seeded_file_order():
     assert (split.split, split.index, split.count) == ("train", 1, 2)
     assert shuffle_files and seed == 3
     assert _auto_shard_policy(dataset) == tf.data.experimental.AutoShardPolicy.OFF
+
+
+def test_train_runs_on_sharded_files(shards, tmp_path):
+    """`train` end to end on 4 .gz shards: the vocabulary from a bounded sample (300 of the
+    400 sentences), the epoch length from one streamed pass, then `fit`."""
+    import json
+
+    from keras_transformer.training.train import train
+
+    config = parse_config({
+        "model": {"preset": "tiny", "d_model": 16, "d_ff": 32, "num_heads": 2,
+                  "num_encoder_layers": 1, "num_decoder_layers": 1},
+        "data": {"source": "text", "train_source": shards[0], "train_target": shards[1],
+                 "valid_source": shards[0].replace("*", "0"),
+                 "valid_target": shards[1].replace("*", "0"), "max_length": 64},
+        "tokenizer": {"vocab_size": 200, "sample_sentences": 300},
+        "training": {"epochs": 1, "batch_tokens": 1024, "warmup_steps": 10,
+                     "average_last": 0, "shuffle_buffer": 100},
+    })
+    run_dir = str(tmp_path / "run")
+    _, tokenizer, summary = train(config, run_dir, verbose=0)
+    assert os.path.exists(os.path.join(run_dir, "tokenizer.model"))
+    assert corpus.cache_tokens(config.data)  # small files: tokens are cached
+    assert summary["steps"] == summary["steps_per_epoch"] > 0
+    assert summary["target_tokens_per_epoch"] > 0
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        assert json.load(f)["vocab_size"] == tokenizer.vocab_size

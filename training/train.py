@@ -25,23 +25,37 @@ from keras_transformer.schedules import paper_optimizer
 from keras_transformer.tokenizer import SubwordTokenizer
 from keras_transformer.training import corpus
 from keras_transformer.training.averaging import average_checkpoints, list_checkpoints
-from keras_transformer.training.config import save_config
-from keras_transformer.training.data import (epoch_size, make_batches, text_pairs,
-                                             with_known_length)
+from keras_transformer.training.config import RunError, save_config
+from keras_transformer.training.data import (epoch_size, make_batches, with_known_length,
+                                             worker_shard)
 from keras_transformer.training.plot import plot_history
 from keras_transformer.training.precision import resolve_precision
 from keras_transformer.training.progress import EpochClock, TimeBudget, TrainingPlan
 from keras_transformer.training.strategy import make_strategy
 
 
-def load_or_train_tokenizer(config, run_dir, train_source, train_target):
-    """Reuse the run's vocabulary when resuming; otherwise learn it from the training text."""
+def load_or_train_tokenizer(config, run_dir, is_chief=True, wait_seconds=1800):
+    """Reuse the run's vocabulary when resuming. Otherwise the chief learns it from at most
+    `tokenizer.sample_sentences` training sentences, a seeded sample streamed from the
+    corpus (`corpus.vocabulary_sentences`), and writes it to the run directory; the other
+    workers of a multi-worker run wait for that file (the run directory is shared)."""
     path = os.path.join(run_dir, "tokenizer.model")
-    if os.path.exists(path):
-        return SubwordTokenizer.load(path)
-    tokenizer = SubwordTokenizer.train(train_source + train_target, config.tokenizer.vocab_size)
-    tokenizer.save(path)
-    return tokenizer
+    if not os.path.exists(path) and is_chief:
+        sample = config.tokenizer.sample_sentences
+        tokenizer = SubwordTokenizer.train(
+            corpus.vocabulary_sentences(config.data, sample, seed=config.training.seed),
+            config.tokenizer.vocab_size, input_sentence_size=sample)
+        tokenizer.save(path + ".partial")
+        os.replace(path + ".partial", path)  # workers never read a half-written file
+        return tokenizer
+    waited = 0
+    while not os.path.exists(path):
+        if waited >= wait_seconds:
+            raise RunError(f"{path}: the chief wrote no vocabulary in {wait_seconds} s; "
+                           "every worker needs the same run directory (--out)")
+        time.sleep(5)
+        waited += 5
+    return SubwordTokenizer.load(path)
 
 
 def build_model(config, tokenizer, strategy):
@@ -89,16 +103,23 @@ def train(config, run_dir, verbose="auto"):
     strategy = make_strategy(config.training.strategy, config.training.devices)
     keras.utils.set_random_seed(config.training.seed)
 
-    train_source, train_target = corpus.split_lines(config.data, "train")
-    tokenizer = load_or_train_tokenizer(config, run_dir, train_source, train_target)
+    # The train split streams from its files (never a Python list); each worker of a
+    # multi-worker run reads its own part of it (training/data.py, stream_pairs).
+    num_workers, worker_index = worker_shard(strategy)
+    tokenizer = load_or_train_tokenizer(config, run_dir, is_chief=worker_index == 0)
     batches = dict(tokenizer=tokenizer, batch_tokens=config.training.batch_tokens,
                    max_length=config.data.max_length)
-    pairs = text_pairs(train_source, train_target)
-    # One unshuffled pass fixes the epoch length; training then reads an endless,
-    # reshuffled stream, `steps_per_epoch` steps an epoch.
-    steps_per_epoch, tokens_per_epoch = epoch_size(make_batches(pairs, **batches))
-    train_data = make_batches(pairs, shuffle_buffer=config.training.shuffle_buffer,
-                              seed=config.training.seed, repeat=True, **batches)
+    # One unshuffled pass over the whole split fixes the epoch length (the same on every
+    # worker; a step takes a batch from each); training then reads an endless, reshuffled
+    # stream, `steps_per_epoch` steps an epoch.
+    steps, tokens_per_epoch = epoch_size(
+        make_batches(corpus.split_pairs(config.data, "train"), cache=False, **batches))
+    steps_per_epoch = max(1, steps // num_workers)
+    train_data = make_batches(
+        corpus.split_pairs(config.data, "train", seed=config.training.seed,
+                           num_workers=num_workers, worker_index=worker_index),
+        shuffle_buffer=config.training.shuffle_buffer, seed=config.training.seed, repeat=True,
+        cache=corpus.cache_tokens(config.data), **batches)
     valid_data = with_known_length(make_batches(corpus.split_pairs(config.data, "valid"),
                                                 **batches))
 
