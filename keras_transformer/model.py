@@ -142,9 +142,10 @@ class Transformer(keras.Model):
             "cross": [w["cross"] for w in decoder_weights],
         }
 
-    def init_cache(self, memory, max_length):
-        """Preallocated per-layer decoding cache for up to `max_length` target tokens."""
-        return self.decoder.init_cache(memory, max_length)
+    def init_cache(self, memory, max_length, beam_size=1):
+        """Preallocated per-layer decoding cache for up to `max_length` target tokens
+        (`beam_size` hypotheses a sentence)."""
+        return self.decoder.init_cache(memory, max_length, beam_size)
 
     def step_kernels(self):
         """Decoder weights reshaped for `decode_step`; prepare once before a decoding loop.

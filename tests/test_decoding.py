@@ -73,3 +73,24 @@ def test_beam_search_graph_equals_xla(trained):
     (graph_ids, graph_scores), (xla_ids, xla_scores) = run(False), run(True)
     np.testing.assert_array_equal(graph_ids, xla_ids)
     np.testing.assert_allclose(graph_scores, xla_scores, atol=1e-4)
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_growing_cache_segments_change_nothing(trained, monkeypatch, beam_size):
+    """The loop runs in segments whose cache grows 16 → 32 → 40 slots; one loop over a
+    40-slot cache must give the same tokens, for outputs that cross the boundaries."""
+    model, source_ids = trained
+    source_ids = tf.concat([source_ids, source_ids[:, ::-1]], axis=0)  # odd inputs run long
+
+    def run():
+        return tf.function(lambda s: decoding.decode(model, s, 40, beam_size, 0.6, 40),
+                           jit_compile=True)(source_ids)
+
+    assert decoding._capacities(40) == [16, 32, 40]
+    segmented_ids, segmented_scores = run()
+    monkeypatch.setattr(decoding, "_capacities", lambda max_length: [max_length])
+    whole_ids, whole_scores = run()
+    np.testing.assert_array_equal(segmented_ids, whole_ids)
+    np.testing.assert_allclose(segmented_scores, whole_scores, atol=1e-4)
+    longest = np.max(np.sum(segmented_ids.numpy() != 0, axis=1))
+    assert longest > (32 if beam_size == 1 else 16)  # (beam search prefers shorter ones)

@@ -3,9 +3,9 @@
 Each layer has masked (causal) self-attention, attention over the encoder output
 ("memory"), and a feed-forward network, each in a residual block (see encoder.py).
 `step` decodes one position using a preallocated per-layer cache:
-`{"key", "value"}` `[batch, heads, max_length, head_dim]` for self-attention, and
-`{"cross_key", "cross_value"}` `[batch, heads, src_len, head_dim]` computed once
-from the memory.
+`{"key", "value"}` `[batch * beams, heads, max_length, head_dim]` for self-attention,
+and `{"cross_key", "cross_value"}` `[batch, heads, src_len, head_dim]` computed once
+from the memory and shared by a sentence's beams.
 """
 
 import keras
@@ -60,11 +60,16 @@ class DecoderLayer(_ResidualLayer):
         )
         return x
 
-    def init_cache(self, memory, max_length):
-        """This layer's cache for decoding up to `max_length` tokens against `memory`."""
+    def init_cache(self, memory, max_length, beam_size=1):
+        """This layer's cache for decoding up to `max_length` tokens against `memory`.
+
+        Cross-attention keys and values are projected once per sentence
+        (`[batch, heads, src_len, head_dim]`); the self-attention cache has a row per
+        hypothesis (`[batch * beam_size, heads, max_length, head_dim]`).
+        """
         cross_key, cross_value = self.cross_attention.project_key_value(memory)
-        batch = ops.shape(memory)[0]
-        shape = (batch, self.num_heads, max_length, ops.shape(cross_key)[-1])
+        rows = ops.shape(memory)[0] * beam_size
+        shape = (rows, self.num_heads, max_length, ops.shape(cross_key)[-1])
         empty = ops.zeros(shape, dtype=cross_key.dtype)
         return {"key": empty, "value": empty, "cross_key": cross_key, "cross_value": cross_value}
 
@@ -88,10 +93,15 @@ class DecoderLayer(_ResidualLayer):
             return out, weights
 
         def cross_attend(h):
+            # The k hypotheses of a sentence share its source: attend with them as k
+            # queries against one copy of its keys/values (one matmul, not k).
+            rows, width = ops.shape(h)[0], ops.shape(h)[-1]
+            queries = ops.reshape(h, (ops.shape(cache["cross_key"])[0], -1, width))
             mask = None if memory_mask is None else ops.expand_dims(memory_mask, 1)
-            return self.cross_attention.attend(
-                h, cache["cross_key"], cache["cross_value"], mask, kernels=kernels["cross"]
+            out, weights = self.cross_attention.attend(
+                queries, cache["cross_key"], cache["cross_value"], mask, kernels=kernels["cross"]
             )
+            return ops.reshape(out, (rows, 1, width)), weights
 
         x, self_weights = self._residual(x, self.self_attention_norm, self_attend, False)
         x, cross_weights = self._residual(x, self.cross_attention_norm, cross_attend, False)
@@ -128,9 +138,9 @@ class TransformerDecoder(_Stack):
         x = self._finish(x)
         return (x, all_weights) if return_attention_scores else x
 
-    def init_cache(self, memory, max_length):
-        """A list with one cache dict per layer (see module docstring)."""
-        return [layer.init_cache(memory, max_length) for layer in self.blocks]
+    def init_cache(self, memory, max_length, beam_size=1):
+        """A list with one cache dict per layer (see `DecoderLayer.init_cache`)."""
+        return [layer.init_cache(memory, max_length, beam_size) for layer in self.blocks]
 
     def step_kernels(self):
         """One `DecoderLayer.step_kernels()` per layer, to prepare before a decoding loop."""
