@@ -10,6 +10,8 @@ it measures and how):
     bench/table1.py   self-attention vs LSTM vs convolution, Table 1     (~1.5 min)
     bench/decode.py   decoding latency, ours vs keras-hub samplers      (~2 min)
     bench/edge.py     LiteRT size / latency / BLEU of a run's .tflite   (with --run; ~0.5 min)
+    bench/vs_ctranslate2.py  decoding vs CTranslate2 on the same weights, its settings swept;
+                      with --run also the run end to end on the test set (~8 min; ~13 with --run)
 
 and writes bench/results/README.md from their JSON files, next to train.png and table1.png.
 `--skip NAME ...` leaves a script out and reuses its last JSON.
@@ -101,11 +103,19 @@ def edge_section(results):
     return lines + [""]
 
 
+def vs_ctranslate2_section(results):
+    import vs_ctranslate2
+
+    return ["## Decoding vs CTranslate2 on the same weights (`bench/vs_ctranslate2.py`)", "",
+            vs_ctranslate2.markdown(results), ""]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--run", help="a trained run with RUN/edge/*.tflite, for bench/edge.py")
+    parser.add_argument("--run", help="a trained run with RUN/edge/*.tflite, for bench/edge.py, "
+                        "and saved_model/ + model.int8.tflite for bench/vs_ctranslate2.py")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["train", "table1", "decode", "edge"])
+                        choices=["train", "table1", "decode", "edge", "vs_ctranslate2"])
     args = parser.parse_args(argv)
     seconds = {}
     if "train" not in args.skip:
@@ -116,11 +126,15 @@ def main(argv=None):
         seconds["decode"] = run("decode.py")
     if args.run and "edge" not in args.skip:
         seconds["edge"] = run("edge.py", "--run", args.run)
+    if "vs_ctranslate2" not in args.skip:
+        seconds["vs_ctranslate2"] = run("vs_ctranslate2.py",
+                                        *(["--run", args.run] if args.run else []))
     lines = ["# Benchmark results", "",
              "Written by `python bench/run.py`; every figure is from the JSON file next to it.",
              ""]
     for name, section in (("train.json", train_section), ("table1.json", table1_section),
-                          ("decode.json", decode_section), ("edge.json", edge_section)):
+                          ("decode.json", decode_section), ("edge.json", edge_section),
+                          ("vs_ctranslate2.json", vs_ctranslate2_section)):
         results = load(name)
         if results:
             lines += section(results)

@@ -1,0 +1,481 @@
+"""Decoding vs CTranslate2 on the same weights (issue 17): fixed-length cells and real text.
+
+    pip install -e ".[bench]"                       # adds ctranslate2
+    python bench/vs_ctranslate2.py [--run RUN] [--rounds 3] [--skip-sweep]
+    python bench/vs_ctranslate2.py --smoke [--run RUN]   # tiny model, a check, not results
+
+Writes bench/results/vs_ctranslate2.json (--smoke: /tmp/vs_ctranslate2.smoke.json) with the
+CPU model and flags (avx2, avx512f, avx512_bf16, amx*, avx512_vnni, avx_vnni), on which
+CTranslate2's kernels depend. Estimated time on an idle 2-core machine: ~8 min, ~13 min
+with --run (most of it the CT2 sweep and our beam-4 passes).
+
+1. Same weights, same tokens: bench/decode.py's model ("small" preset, vocab 8000, random
+   weights, eos embedding zeroed) with the run's tokenizer.model (or one learned on Multi30k
+   train) as CT2's vocabulary, converted to CT2 float32 and int8; `check_equal` must pass
+   (log-probs within 1e-4, identical greedy) or nothing is timed. Cells: greedy / beam 4 x
+   batch 1 / 32, source ids `random_source_ids(8000, batch, 16, seed)`, exactly 64 decoder
+   steps (ours: 63 tokens then the eos forced at the budget, checked; CT2: min = max length
+   64), so no length penalty matters. ms, median of --rounds rounds of median-of-5 after a
+   warm-up call. Ours float32: `decode.our_decoders(model, 64)` (XLA). Ours int8: the same
+   model through `convert_tflite(quantize="int8")`, `greedy_ids` / `translate_ids` in LiteRT
+   with 2 threads. CT2: every `ctranslate2_peer.SETTINGS` ({float32, int8} x {1, 2 threads} x
+   OMP_WAIT_POLICY {default, ACTIVE}) in a fresh process; the table shows the best setting per
+   cell, the JSON all rows. Ratios are times, ours / CT2: at most 1 meets the issue's goal;
+   "ours fastest" is the faster of our float32 XLA and int8 LiteRT.
+2. Real text (--run RUN, a `keras-transformer train` directory with model.keras,
+   tokenizer.model, saved_model/, model.int8.tflite): the 1,000 test_2016_flickr sentences,
+   en->de, strings to strings, beam 4, batches of 32 sorted by length. Ours (a) `keras-
+   transformer translate --model RUN/saved_model --file SRC` as a subprocess, wall time with
+   process start, loading and XLA compiles; (b) in process, steady state: one untimed pass
+   (compiles every bucket), then a timed one. CT2 float32 and int8 in their best batch-32
+   beam-4 setting, a fresh process each: `ct2_translate_file`, an untimed pass, then a timed
+   one; model loading is reported apart. Target tokens: SentencePiece pieces of the
+   hypotheses. BLEU: cased sacreBLEU as in `keras-transformer evaluate`. Length penalties
+   differ (ours ((5 + n) / 6)^alpha, CT2 n^alpha, the run's alpha), so beam-4 BLEU can differ
+   slightly. Batch 1, first 100 sentences, median ms per sentence including tokenization:
+   RUN/model.int8.tflite's `greedy` / `translate` in LiteRT (2 threads) vs CT2 in its best
+   batch-1 setting. The exports hold the decoder of their export time: re-export after
+   changing the decoding code (a warning says when they are older than the code).
+"""
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import ctranslate2_peer as ct2  # no TensorFlow: safe in the --e2e subprocess
+
+SOURCE_LENGTH, BEAMS, LITERT_THREADS, SEED = 16, (1, 4), 2, 0
+FULL = dict(batches=(1, 32), new_tokens=64, rounds=3, sentences=None, batch1_sentences=100)
+SMOKE = dict(batches=(1, 2), new_tokens=8, rounds=2, sentences=20, batch1_sentences=20)
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx", "avx512_vnni", "avx_vnni")
+
+
+def cpu_info():
+    """CPU model name, core count and the flags that decide which kernels run."""
+    with open("/proc/cpuinfo") as f:
+        info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in f if ":" in line)}
+    flags = set(info.get("flags", "").split())
+    have = {f: f in flags for f in FLAGS if f != "amx"}
+    have["amx"] = sorted(f for f in flags if f.startswith("amx")) or False
+    return dict(model=info.get("model name", "unknown"), cores=os.cpu_count(), flags=have)
+
+
+def median_of_rounds(call, rounds, runs=5):
+    """ms: median over `rounds` of the median of `runs` calls, after one warm-up call."""
+    call()
+    medians = []
+    for _ in range(rounds):
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            call()
+            times.append(1000 * (time.perf_counter() - start))
+        medians.append(statistics.median(times))
+    return round(statistics.median(medians), 2)
+
+
+def time_cells(decoders, preset, vocab, rounds, label):
+    """{(batch, beam): ms} for `decoders` {beam: ids [batch, 16] -> output ids}; each output
+    must hold new_tokens - 1 tokens, then eos: 64 decoder steps, as CT2's 64 tokens."""
+    cells, steps = {}, preset["new_tokens"]
+    for beam, decoder in decoders.items():
+        for batch in preset["batches"]:
+            ids = ct2.random_source_ids(vocab, batch, SOURCE_LENGTH, SEED).astype(np.int32)
+            out = np.asarray(decoder(ids))
+            first_eos = {list(row).index(ct2.EOS_ID) if ct2.EOS_ID in row else -1 for row in out}
+            if first_eos != {steps - 1}:
+                raise RuntimeError(f"{label} beam {beam}: eos at {first_eos}, not {steps - 1}")
+            cells[batch, beam] = median_of_rounds(lambda d=decoder, i=ids: d(i), rounds)
+            print(f"{label} batch {batch} beam {beam}: {cells[batch, beam]} ms", flush=True)
+    return cells
+
+
+def setting_label(row):
+    threads = f"{row['intra_threads']} thread" + ("s" if row["intra_threads"] != 1 else "")
+    return f"{threads}, OMP {row['omp_wait_policy']}"
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+def synthetic_tokenizer(run_dir, smoke, vocab=8000):
+    """The run's tokenizer if it has `vocab` pieces, else one learned on Multi30k train
+    (--smoke without a run: ctranslate2_peer's tiny one). CT2's vocabulary and the .tflite's
+    string signatures come from it."""
+    from keras_transformer.tokenizer import SubwordTokenizer
+
+    if run_dir:
+        tokenizer = SubwordTokenizer.load(os.path.join(run_dir, "tokenizer.model"))
+        if tokenizer.vocab_size == vocab:
+            return tokenizer
+    if smoke:
+        return ct2._tiny_tokenizer()[0]
+    import gzip
+
+    from keras_transformer.training.data import multi30k_paths
+
+    text = []
+    for path in multi30k_paths("train", "en", "de"):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            text += [line.strip() for line in f]
+    tokenizer = SubwordTokenizer.train(text, vocab_size=vocab)
+    if tokenizer.vocab_size != vocab:
+        raise RuntimeError(f"learned {tokenizer.vocab_size} pieces, not {vocab}")
+    return tokenizer
+
+
+def convert_and_check(model, tokenizer, tmp, name, source_ids):
+    """CT2 float32 and int8 directories; MismatchError unless float32 equals ours."""
+    dirs = {q: ct2.convert(model, tokenizer, os.path.join(tmp, f"{name}_{q}"),
+                           None if q == "float32" else q) for q in ("float32", "int8")}
+    checks = {"float32": ct2.check_equal(model, dirs["float32"], source_ids),
+              "int8": ct2.check_equal(model, dirs["int8"], source_ids, compute_type="int8",
+                                      strict=False)}
+    print("check_equal", json.dumps(checks), flush=True)
+    return dirs, checks
+
+
+def litert_decoders(model, tokenizer, path, new_tokens):
+    """{beam: ids -> ids} of the int8 .tflite's `greedy_ids` / `translate_ids` in LiteRT."""
+    from keras_transformer.export import litert
+    from keras_transformer.export.tflite import convert_tflite
+
+    convert_tflite(model, tokenizer, path, quantize="int8", beam_size=4, alpha=0.6,
+                   max_extra_length=new_tokens - SOURCE_LENGTH, max_output_length=new_tokens)
+    litert.check_operators(path)
+    interpreter = litert.load_interpreter(path, LITERT_THREADS)
+    runners = {b: interpreter.get_signature_runner("greedy_ids" if b == 1 else "translate_ids")
+               for b in BEAMS}
+    return {b: lambda ids, r=runner: r(source_ids=ids)["ids"] for b, runner in runners.items()}
+
+
+def ct2_sweep(dirs, preset, rounds):
+    """Every CT2 setting, `rounds` times; one row per setting and cell, ms = the median."""
+    keys, times = ("compute_type", "intra_threads", "omp_wait_policy", "batch", "beam_size"), {}
+    for _ in range(rounds):
+        for compute_type, ct2_dir in dirs.items():
+            settings = [s for s in ct2.SETTINGS if s["compute_type"] == compute_type]
+            for row in ct2.sweep(ct2_dir, settings, batches=preset["batches"], beams=BEAMS,
+                                 source_length=SOURCE_LENGTH, new_tokens=preset["new_tokens"],
+                                 rounds=5, seed=SEED):
+                times.setdefault(tuple(row[k] for k in keys), []).append(row["ms"])
+                print("CT2", json.dumps(row), flush=True)
+    return [dict(zip(keys, key), ms=statistics.median(ms), ms_rounds=ms)
+            for key, ms in times.items()]
+
+
+def synthetic(args, preset, rounds, tmp, previous):
+    import tensorflow as tf
+
+    import decode
+    import keras_transformer as kt
+
+    tokenizer = synthetic_tokenizer(args.run, args.smoke)
+    if args.smoke:  # the "tiny" preset with decode.build_model()'s eos trick
+        model = kt.Transformer(kt.TransformerConfig.from_preset(
+            "tiny", vocab_size=tokenizer.vocab_size))
+        table = model.source_embedding.embeddings  # shared and tied: eos never wins
+        table.assign(tf.tensor_scatter_nd_update(table, [[ct2.EOS_ID]],
+                                                 tf.zeros([1, table.shape[1]])))
+    else:
+        model = decode.build_model()
+    vocab, new_tokens, c = model.config.vocab_size, preset["new_tokens"], model.config
+    described = (f"{c.num_encoder_layers}+{c.num_decoder_layers} layers, d {c.d_model}, "
+                 f"{c.num_heads} heads, d_ff {c.d_ff}")
+    rows = None
+    if args.skip_sweep:  # the last JSON's rows, if they are for this model and these cells
+        old, keys = (previous or {}).get("synthetic", {}), ("model", "vocab", "new_tokens")
+        if ([old.get(k) for k in keys] + [old.get("batches")]
+                != [described, vocab, new_tokens, list(preset["batches"])]):
+            raise SystemExit(f"--skip-sweep: {args.out} has no CT2 rows for this model/cells")
+        rows = old["ct2_rows"]
+    dirs, checks = convert_and_check(model, tokenizer, tmp, "synthetic",
+                                     ct2.random_source_ids(vocab, 8, SOURCE_LENGTH, SEED + 1))
+    xla = decode.our_decoders(model, new_tokens)
+    ours = time_cells({b: lambda ids, f=xla[name]: f(tf.constant(ids)).numpy() for b, name in
+                       ((1, "greedy, cached, XLA"), (4, "beam 4, cached, XLA"))},
+                      preset, vocab, rounds, "ours float32 XLA")
+    litert = time_cells(litert_decoders(model, tokenizer, os.path.join(tmp, "s.int8.tflite"),
+                                        new_tokens), preset, vocab, rounds, "ours int8 LiteRT")
+    rows = rows or ct2_sweep(dirs, preset, rounds)
+    best = {q: ct2.best(rows, q) for q in dirs}
+    cells = []
+    for batch in preset["batches"]:
+        for beam in BEAMS:
+            f32, i8 = best["float32"][batch, beam], best["int8"][batch, beam]
+            mine, lite = ours[batch, beam], litert[batch, beam]
+            cells.append(dict(batch=batch, beam_size=beam, ours_float32_xla_ms=mine,
+                              ours_int8_litert_ms=lite, ct2_float32_best=f32, ct2_int8_best=i8,
+                              ratio_ours_fp32_vs_ct2_fp32=round(mine / f32["ms"], 2),
+                              ratio_ours_fastest_vs_ct2_int8=round(min(mine, lite) / i8["ms"], 2)))
+    return dict(model=described, vocab=vocab, source_length=SOURCE_LENGTH, new_tokens=new_tokens,
+                batches=list(preset["batches"]), check_equal=checks, cells=cells, ct2_rows=rows)
+
+
+# ----------------------------------------------------------------------------- real text
+
+def _e2e(job):
+    """The --e2e subprocess (CTranslate2 only, no TensorFlow): one task of one setting."""
+    with open(job["source"], encoding="utf-8") as f:
+        lines = [line.rstrip("\n") for line in f]
+    kwargs = dict(compute_type=job["compute_type"], intra_threads=job["intra_threads"])
+    if job["kind"] == "file":
+        passes = []
+        for _ in range(2):  # untimed first pass, like ours
+            start = time.perf_counter()
+            hypotheses, seconds = ct2.ct2_translate_file(
+                job["ct2_dir"], job["spm"], lines, beam_size=job["beam"], batch_size=32,
+                length_penalty=job["alpha"], max_extra_length=job["max_extra_length"], **kwargs)
+            passes.append((time.perf_counter() - start - seconds, seconds))
+        return dict(hypotheses=hypotheses, load_seconds=round(passes[0][0], 2),
+                    first_pass_seconds=round(passes[0][1], 2), seconds=passes[1][1])
+    import ctranslate2
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor(model_file=job["spm"])
+    translator = ctranslate2.Translator(job["ct2_dir"], **kwargs)
+
+    def once(line):  # strings to a string, as the .tflite signatures do
+        pieces = processor.encode(line, out_type=str)[:256]
+        result = translator.translate_batch(
+            [pieces], beam_size=job["beam"], length_penalty=job["alpha"], max_input_length=0,
+            max_decoding_length=len(pieces) + job["max_extra_length"])[0]
+        ids = [processor.piece_to_id(p) for p in result.hypotheses[0]]
+        return processor.decode([i for i in ids if i > ct2.EOS_ID])
+
+    once(lines[0])
+    times = []
+    for line in lines:
+        start = time.perf_counter()
+        once(line)
+        times.append(1000 * (time.perf_counter() - start))
+    return dict(ms=round(statistics.median(times), 2))
+
+
+def e2e_job(setting, **job):
+    """`_e2e` in a fresh process with the setting's threads and OMP_WAIT_POLICY."""
+    job.update(compute_type=setting["compute_type"], intra_threads=setting["intra_threads"])
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if setting["omp_wait_policy"] != "default":
+        env["OMP_WAIT_POLICY"] = setting["omp_wait_policy"]
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), "--e2e", json.dumps(job)],
+                          env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"--e2e {job['kind']} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def stale_exports(run_dir):
+    """The run's exports older than the model / decoding / export code: they run the
+    decoder as it was when exported."""
+    root = os.path.dirname(HERE)
+    code = max(os.path.getmtime(p) for pattern in ("keras_transformer/**/*.py", "export/*.py")
+               for p in glob.glob(os.path.join(root, pattern), recursive=True))
+    exports = [os.path.join(run_dir, "saved_model", "saved_model.pb"),
+               os.path.join(run_dir, "model.int8.tflite")]
+    return [p for p in exports if os.path.exists(p) and os.path.getmtime(p) < code]
+
+
+def ours_end_to_end(run_dir, source_file, sources):
+    """{name: (hypotheses, seconds, extra)}: the CLI as a subprocess, then in process."""
+    from keras_transformer.export.saved_model import saved_model_translator
+    from keras_transformer.translation import translate_lines
+
+    saved_model = os.path.join(run_dir, "saved_model")
+    cli = shutil.which("keras-transformer")
+    if not cli:
+        raise RuntimeError("keras-transformer is not on PATH: pip install -e .")
+    start = time.perf_counter()
+    done = subprocess.run([cli, "translate", "--model", saved_model, "--file", source_file,
+                           "--batch-size", "32"], capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    hypotheses = done.stdout.split("\n")[:len(sources)]
+    if done.returncode or len(hypotheses) != len(sources):
+        raise RuntimeError(f"keras-transformer translate failed:\n{done.stderr[-3000:]}")
+    rows = {"ours, CLI (process start, load, compiles)": (hypotheses, seconds, {})}
+    start = time.perf_counter()
+    translate = saved_model_translator(saved_model)
+    load = time.perf_counter() - start
+    start = time.perf_counter()
+    translate_lines(translate, sources, 32, verbose=0)  # compiles every bucket
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    hypotheses = translate_lines(translate, sources, 32, verbose=0)
+    rows["ours, SavedModel in process (steady state)"] = (
+        hypotheses, time.perf_counter() - start,
+        dict(load_seconds=round(load, 2), first_pass_seconds=round(first, 2)))
+    return rows
+
+
+def end_to_end(run_dir, rows, preset, tmp):
+    import sentencepiece
+
+    import edge
+    from keras_transformer.training import corpus
+    from keras_transformer.training.evaluate import bleu, load_run
+
+    config, model, tokenizer = load_run(run_dir)
+    evaluation, spm = config.evaluation, os.path.join(run_dir, "tokenizer.model")
+    sources, references = corpus.split_lines(config.data, "test")
+    sources, references = sources[:preset["sentences"]], references[:preset["sentences"]]
+    stale = stale_exports(run_dir)
+    if stale:
+        print(f"WARNING: exported before the last code change, re-export: {stale}", flush=True)
+    dirs, checks = convert_and_check(model, spm, tmp, "run",
+                                     tokenizer.tokenize(sources[:8]).to_tensor().numpy())
+    source_file = os.path.join(tmp, "test.src")
+    with open(source_file, "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in sources)
+    runs = ours_end_to_end(run_dir, source_file, sources)
+    common = dict(spm=spm, source=source_file, alpha=evaluation.alpha,
+                  max_extra_length=evaluation.max_extra_length)
+    for q, ct2_dir in dirs.items():
+        setting = ct2.best(rows, q)[max(preset["batches"]), 4]
+        out = e2e_job(setting, kind="file", ct2_dir=ct2_dir, beam=evaluation.beam_size, **common)
+        runs[f"CTranslate2 {q} ({setting_label(setting)})"] = (
+            out.pop("hypotheses"), out.pop("seconds"), out)
+    processor = sentencepiece.SentencePieceProcessor(model_file=spm)
+    result = dict(run=run_dir, split_files=list(corpus.split_shards(config.data, "test")[0]),
+                  sentences=len(sources), beam_size=evaluation.beam_size,
+                  alpha=evaluation.alpha, stale_exports=stale, check_equal=checks, rows={})
+    for name, (hypotheses, seconds, extra) in runs.items():
+        tokens = sum(len(processor.encode(h)) for h in hypotheses)
+        result["rows"][name] = dict(
+            seconds=round(seconds, 2), sentences_per_s=round(len(hypotheses) / seconds, 1),
+            target_tokens=tokens, tokens_per_s=round(tokens / seconds),
+            bleu=round(bleu(hypotheses, references)[0].score, 2), **extra)
+        print(name, json.dumps(result["rows"][name]), flush=True)
+    # Batch 1, strings to strings.
+    first = sources[:preset["batch1_sentences"]]
+    with open(source_file, "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in first)
+    tflite = os.path.join(run_dir, "model.int8.tflite")
+    batch1 = dict(sentences=len(first), litert_threads=LITERT_THREADS, rows={})
+    if os.path.exists(tflite):
+        batch1["rows"]["ours int8 .tflite, LiteRT"] = {
+            "greedy_ms": edge.latency_ms(tflite, first, "greedy", LITERT_THREADS),
+            "beam4_ms": edge.latency_ms(tflite, first, "translate", LITERT_THREADS)}
+    else:
+        print(f"{tflite} missing: keras-transformer export --run {run_dir} --format tflite "
+              "--quantize int8 --out RUN/model.int8.tflite", flush=True)
+    for q, ct2_dir in dirs.items():
+        row = batch1["rows"].setdefault(f"CTranslate2 {q}", {})
+        for beam, key in ((1, "greedy_ms"), (4, "beam4_ms")):
+            setting = ct2.best(rows, q)[1, beam]
+            row[key] = e2e_job(setting, kind="batch1", ct2_dir=ct2_dir, beam=beam, **common)["ms"]
+            row[key + "_setting"] = setting_label(setting)
+    print(json.dumps(batch1), flush=True)
+    return dict(result, batch1=batch1)
+
+
+# ----------------------------------------------------------------------------- report
+
+def _ms(value):
+    return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def markdown(results):
+    """The tables for bench/results/README.md, the CPU flags line above them."""
+    cpu, s = results["cpu"], results["synthetic"]
+    flags = ", ".join(f"{k} {'yes' if v is True else (', '.join(v) if v else 'no')}"
+                      for k, v in cpu["flags"].items())
+    lines = [f"CPU: {cpu['model']}, {cpu['cores']} cores; flags: {flags}.", "",
+             (f"Same weights, same tokens: {s['model']}, vocab {s['vocab']}, random weights; "
+              f"source length {s['source_length']}, exactly {s['new_tokens']} decoder steps; "
+              f"ms, median of {results['rounds']} rounds of median-of-5. LiteRT "
+              f"{results['litert_threads']} threads. CT2: the best of 1 or 2 threads x "
+              "OMP_WAIT_POLICY default or ACTIVE, per cell. Ratios: ours / CT2 time (at most "
+              "1 meets the goal); fastest: the faster of ours float32 and int8."), "",
+             ("| batch | search | ours float32 XLA | ours int8 LiteRT | CT2 float32 best "
+              "| CT2 int8 best | ours fp32 / CT2 fp32 | ours fastest / CT2 int8 |"),
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for c in s["cells"]:
+        f32, i8 = c["ct2_float32_best"], c["ct2_int8_best"]
+        search = "greedy" if c["beam_size"] == 1 else f"beam {c['beam_size']}"
+        lines.append(
+            f"| {c['batch']} | {search} | {_ms(c['ours_float32_xla_ms'])} "
+            f"| {_ms(c['ours_int8_litert_ms'])} | {_ms(f32['ms'])} ({setting_label(f32)}) "
+            f"| {_ms(i8['ms'])} ({setting_label(i8)}) | {c['ratio_ours_fp32_vs_ct2_fp32']:.2f} "
+            f"| {c['ratio_ours_fastest_vs_ct2_int8']:.2f} |")
+    e2e = results.get("end_to_end")
+    if not e2e:
+        return "\n".join(lines)
+    lines += ["", (f"End to end: {e2e['run']}, {e2e['sentences']} test_2016_flickr sentences, "
+                   f"strings to strings, beam {e2e['beam_size']}, batches of 32 sorted by "
+                   f"length, alpha {e2e['alpha']} (ours GNMT, CT2 length^alpha); seconds "
+                   "without model loading except in the CLI row."), "",
+              "| decoder | seconds | sentences/s | target tokens/s | BLEU | load s |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, r in e2e["rows"].items():
+        lines.append(f"| {name} | {r['seconds']} | {r['sentences_per_s']} | "
+                     f"{r['tokens_per_s']:,} | {r['bleu']} | {r.get('load_seconds', '–')} |")
+    b1 = e2e["batch1"]
+    lines += ["", (f"Batch 1, first {b1['sentences']} sentences, median ms per sentence, "
+                   f"strings to strings (LiteRT {b1['litert_threads']} threads):"), "",
+              "| decoder | greedy ms | beam 4 ms |", "|---|---:|---:|"]
+    for name, r in b1["rows"].items():
+        cells = [_ms(r[k]) + (f" ({r[k + '_setting']})" if k + "_setting" in r else "")
+                 for k in ("greedy_ms", "beam4_ms")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if e2e["stale_exports"]:
+        lines += ["", "Exported before the last code change: "
+                  + ", ".join(e2e["stale_exports"]) + "."]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", help="a training run: adds the end-to-end tables")
+    parser.add_argument("--rounds", type=int, help="rounds of median-of-5 (default 3; smoke 2)")
+    parser.add_argument("--skip-sweep", action="store_true",
+                        help="reuse the CTranslate2 rows of the existing --out JSON")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny model, batch 1 and 2, 8 tokens, 20 sentences: a check only")
+    parser.add_argument("--out", help="default bench/results/vs_ctranslate2.json "
+                                      "(--smoke: /tmp/vs_ctranslate2.smoke.json)")
+    parser.add_argument("--e2e", metavar="JSON", help=argparse.SUPPRESS)  # internal
+    args = parser.parse_args(argv)
+    if args.e2e:
+        print(json.dumps(_e2e(json.loads(args.e2e))))
+        return
+    preset = SMOKE if args.smoke else FULL
+    rounds = args.rounds or preset["rounds"]
+    args.out = args.out or ("/tmp/vs_ctranslate2.smoke.json" if args.smoke
+                            else os.path.join(HERE, "results", "vs_ctranslate2.json"))
+    previous = None
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            previous = json.load(f)
+    import ctranslate2
+    import tensorflow as tf
+
+    results = dict(cpu=cpu_info(), smoke=args.smoke, rounds=rounds,
+                   litert_threads=LITERT_THREADS,
+                   versions=dict(tensorflow=tf.__version__, ctranslate2=ctranslate2.__version__,
+                                 ai_edge_litert=version("ai-edge-litert")))
+    print(json.dumps(results["cpu"]), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        results["synthetic"] = synthetic(args, preset, rounds, tmp, previous)
+        if args.run:
+            results["end_to_end"] = end_to_end(args.run, results["synthetic"]["ct2_rows"],
+                                               preset, tmp)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2)
+    print(markdown(results))
+    print("wrote " + args.out)
+
+
+if __name__ == "__main__":
+    main()
