@@ -211,7 +211,8 @@ def stream_pairs(shards, seed=None, num_workers=1, worker_index=0, limit=None,
       the shard list is split (`Dataset.shard` on the file list), so each worker reads
       only its own files, a `1/num_workers` share of the I/O and decompression. Otherwise
       DATA: every worker reads all shards and keeps every `num_workers`-th pair — correct
-      for any file count, but each worker decompresses everything. The parts are disjoint
+      for any file count (the workers share the seed, hence the order), but each worker
+      decompresses everything. The parts are disjoint
       and together cover the corpus. The dataset's auto-shard policy is then set to OFF,
       so that `tf.distribute` does not shard it a second time.
 
@@ -280,10 +281,11 @@ def data_errors():
     try:
         yield
     except tf.errors.InvalidArgumentError as e:
-        found = re.search(re.escape(_STREAM_ERROR) + r"(.*?)\]", e.message)
+        # tf.debugging.Assert prints its message as "[<message>]" and then the op's name.
+        found = re.search(re.escape(_STREAM_ERROR) + r"(.*?)\](?=\s|$)", e.message)
         if not found:
             raise
-        raise DataError(found.group(1).replace('\\"', "")) from None
+        raise DataError(found.group(1)) from None
 
 
 def count_lines(paths):
