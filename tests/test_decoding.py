@@ -77,20 +77,19 @@ def test_beam_search_graph_equals_xla(trained):
 
 @pytest.mark.parametrize("beam_size", [1, 4])
 def test_growing_cache_segments_change_nothing(trained, monkeypatch, beam_size):
-    """The loop runs in segments whose cache grows 16 → 32 → 40 slots; one loop over a
-    40-slot cache must give the same tokens, for outputs that cross the boundaries."""
+    """The loop runs in two segments, the cache growing from FIRST_SEGMENT slots to
+    max_length; one loop over a full-size cache must give the same tokens and scores."""
     model, source_ids = trained
     source_ids = tf.concat([source_ids, source_ids[:, ::-1]], axis=0)  # odd inputs run long
 
-    def run():
+    def run(first_segment):
+        monkeypatch.setattr(decoding, "FIRST_SEGMENT", first_segment)
+        assert len(decoding._capacities(40)) == (2 if first_segment < 40 else 1)
         return tf.function(lambda s: decoding.decode(model, s, 40, beam_size, 0.6, 40),
                            jit_compile=True)(source_ids)
 
-    assert decoding._capacities(40) == [16, 32, 40]
-    segmented_ids, segmented_scores = run()
-    monkeypatch.setattr(decoding, "_capacities", lambda max_length: [max_length])
-    whole_ids, whole_scores = run()
+    segmented_ids, segmented_scores = run(12)
+    whole_ids, whole_scores = run(40)
     np.testing.assert_array_equal(segmented_ids, whole_ids)
     np.testing.assert_allclose(segmented_scores, whole_scores, atol=1e-4)
-    longest = np.max(np.sum(segmented_ids.numpy() != 0, axis=1))
-    assert longest > (32 if beam_size == 1 else 16)  # (beam search prefers shorter ones)
+    assert np.max(np.sum(segmented_ids.numpy() != 0, axis=1)) > 12  # crossed the boundary
