@@ -147,7 +147,9 @@ def test_main_job_console_is_quiet_and_reports_the_plan(tmp_path):
     assert (run_dir / "learning_curve.png").stat().st_size > 10_000
 
 
-def test_time_budget_stops_after_the_epoch_that_uses_it(tmp_path):
+def test_time_budget_stops_mid_epoch_when_used_up(tmp_path):
+    """Waiting for the end of an epoch overran (or, judged ahead, wasted) the budget: the
+    run stops at the first step past it, validates, and still saves a model."""
     from keras_transformer.training.config import parse_config
     from keras_transformer.training.train import train
 
@@ -155,6 +157,8 @@ def test_time_budget_stops_after_the_epoch_that_uses_it(tmp_path):
     values["training"].update(epochs=5, time_budget_minutes=0.001)
     _, _, summary = train(parse_config(values), str(tmp_path / "run"), verbose=0)
     assert summary["stopped_by_time_budget"] and summary["epochs_this_run"] == 1
+    assert summary["steps"] == 1 < summary["steps_per_epoch"]
+    assert "val_loss" in summary["history"]
     assert os.path.exists(tmp_path / "run" / "model.keras")
 
 
