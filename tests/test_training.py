@@ -173,3 +173,17 @@ def test_epoch_estimate_leaves_out_one_off_compilations():
     assert abs(steady - (sum(first_epoch) - 21.5 + 3 * 0.45)) < 1e-6
     assert steady_seconds([0.4, 0.5, 0.6]) == 1.5  # a steady epoch stays as it is
     assert steady_seconds([]) == 0.0
+
+
+def test_step_based_run_skips_the_counting_pass_and_stops_at_max_steps(tmp_path):
+    """For corpora where one pass takes hours: epochs of `steps_per_epoch` steps (no
+    counting pass) and `max_steps` in all, stopping mid-epoch."""
+    from keras_transformer.training.config import parse_config
+    from keras_transformer.training.train import train
+
+    values = yaml.safe_load(open(TINY_CONFIG))
+    values["training"].update(epochs=50, steps_per_epoch=3, max_steps=7)
+    _, _, summary = train(parse_config(values), str(tmp_path / "run"), verbose=0)
+    assert summary["steps"] == summary["steps_this_run"] == 7
+    assert summary["steps_per_epoch"] == 3 and summary["epochs_this_run"] == 3
+    assert summary["target_tokens_per_epoch"] is None

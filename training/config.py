@@ -106,10 +106,16 @@ class TrainingConfig(_Validated):
     backup_every: int = 200  # steps between BackupAndRestore snapshots
     average_last: int = 5  # average this many last checkpoints at the end (0: off)
     seed: int = 0
-    # Stop after the epoch when another one would pass this many minutes of `fit`
-    # (validation included); None trains all `epochs`. Keeps a run's wall time bounded
-    # on slower machines; the epochs it trained are in summary.json.
+    # Stop once this many minutes of `fit` are used (mid-epoch; the last validation pass
+    # still runs); None trains all `epochs`. Keeps a run's wall time bounded on slower
+    # machines; the steps it trained are in summary.json.
     time_budget_minutes: Optional[float] = None
+    # Step-based runs for corpora where one pass takes hours: an "epoch" (validation,
+    # backup, a history row) every `steps_per_epoch` steps instead of one counted pass
+    # over the corpus, and `max_steps` in all (the paper: 100k for base) instead of
+    # `epochs`. None: count one pass / train `epochs` epochs.
+    steps_per_epoch: Optional[int] = None
+    max_steps: Optional[int] = None
 
     RULES: ClassVar[dict] = {
         "epochs": at_least(1), "batch_tokens": at_least(1), "warmup_steps": at_least(1),
@@ -119,6 +125,7 @@ class TrainingConfig(_Validated):
         "checkpoint_every": at_least(1), "backup_every": at_least(1),
         "average_last": at_least(0),
         "time_budget_minutes": (lambda value: value > 0, "> 0"),
+        "steps_per_epoch": at_least(1), "max_steps": at_least(1),
         # `is`: 0 and 1 compare equal to False and True but are not YAML booleans.
         "jit_compile": (lambda value: value is True or value is False or value == "auto",
                         "true, false or auto"),

@@ -41,6 +41,7 @@ class EpochClock(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.epoch_seconds = []
+        self.steps = 0  # training batches in this `fit`
         self.validation_seconds = 0.0  # the last validation pass
         self._batches = {"train": [], "test": []}
         self._epoch_started = self._last = None
@@ -56,6 +57,7 @@ class EpochClock(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self._tick("train")
+        self.steps += 1
 
     def on_test_begin(self, logs=None):
         self._last = time.time()
@@ -86,9 +88,10 @@ class TrainingPlan(keras.callbacks.Callback):
         self.first_epoch = None
 
     def on_train_begin(self, logs=None):
+        tokens = (f"{self.tokens_per_epoch:,} target tokens an epoch" if self.tokens_per_epoch
+                  else "epochs of a fixed step count")
         print(f"plan: {self.epochs} epochs x {self.steps_per_epoch} steps "
-              f"({self.epochs * self.steps_per_epoch} steps, {self.tokens_per_epoch:,} target "
-              f"tokens an epoch), {self.precision}"
+              f"({self.epochs * self.steps_per_epoch} steps, {tokens}), {self.precision}"
               + (f", at most {self.budget:g} min of training" if self.budget else ""),
               flush=True)
 
@@ -141,3 +144,15 @@ class TimeBudget(keras.callbacks.Callback):
         self.stopped_after = (self.epoch + 1, batch + 1)
         print(f"\ntime budget: stopping in epoch {self.epoch + 1} after step {batch + 1} "
               f"({elapsed / 60:.1f} of {self.seconds / 60:g} min)", flush=True)
+
+
+class StepLimit(keras.callbacks.Callback):
+    """Stops `fit` after `max_steps` optimizer steps in all (resumed runs included)."""
+
+    def __init__(self, max_steps):
+        super().__init__()
+        self.max_steps = max_steps
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations) >= self.max_steps:
+            self.model.stop_training = True

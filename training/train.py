@@ -14,6 +14,7 @@ A run directory holds everything needed to resume, evaluate and export:
 """
 
 import json
+import math
 import os
 import time
 
@@ -30,7 +31,7 @@ from keras_transformer.training.data import (epoch_size, make_batches, with_know
                                              worker_shard)
 from keras_transformer.training.plot import plot_history
 from keras_transformer.training.precision import resolve_precision
-from keras_transformer.training.progress import EpochClock, TimeBudget, TrainingPlan
+from keras_transformer.training.progress import EpochClock, StepLimit, TimeBudget, TrainingPlan
 from keras_transformer.training.strategy import make_strategy
 
 
@@ -109,12 +110,7 @@ def train(config, run_dir, verbose="auto"):
     tokenizer = load_or_train_tokenizer(config, run_dir, is_chief=worker_index == 0)
     batches = dict(tokenizer=tokenizer, batch_tokens=config.training.batch_tokens,
                    max_length=config.data.max_length)
-    # One unshuffled pass over the whole split fixes the epoch length (the same on every
-    # worker; a step takes a batch from each); training then reads an endless, reshuffled
-    # stream, `steps_per_epoch` steps an epoch.
-    steps, tokens_per_epoch = epoch_size(
-        make_batches(corpus.split_pairs(config.data, "train"), cache=False, **batches))
-    steps_per_epoch = max(1, steps // num_workers)
+    steps_per_epoch, tokens_per_epoch, epochs = _epochs(config, batches, num_workers)
     train_data = make_batches(
         corpus.split_pairs(config.data, "train", seed=config.training.seed,
                            num_workers=num_workers, worker_index=worker_index),
@@ -127,12 +123,14 @@ def train(config, run_dir, verbose="auto"):
     policy = model.dtype_policy.name
     budget = config.training.time_budget_minutes
     clock = EpochClock()
-    plan = TrainingPlan(clock, config.training.epochs, steps_per_epoch, tokens_per_epoch,
+    plan = TrainingPlan(clock, epochs, steps_per_epoch, tokens_per_epoch,
                         f"{policy}, XLA {'on' if model.jit_compile else 'off'}", budget)
     stopper = TimeBudget(clock, budget) if budget else None
     extra = [clock, plan] + ([stopper] if stopper else [])
+    if config.training.max_steps:
+        extra.append(StepLimit(config.training.max_steps))
     started = time.time()
-    history = model.fit(train_data, validation_data=valid_data, epochs=config.training.epochs,
+    history = model.fit(train_data, validation_data=valid_data, epochs=epochs,
                         steps_per_epoch=steps_per_epoch, shuffle=False,
                         callbacks=[*extra, *callbacks(config, run_dir)], verbose=verbose)
     train_seconds = time.time() - started
@@ -155,11 +153,13 @@ def train(config, run_dir, verbose="auto"):
         "precision": plan.precision,
         "epoch_seconds": clock.epoch_seconds,
         "stopped_by_time_budget": bool(stopper and stopper.stopped_after),
+        "steps_this_run": clock.steps,
         "epochs_this_run": len(history.history.get("loss", [])),
         "train_seconds_this_run": round(train_seconds, 1),
         # Real (non-pad) target tokens per second of `fit`, validation passes included.
         "target_tokens_per_second": round(
-            tokens_per_epoch * len(history.history.get("loss", [])) / train_seconds),
+            tokens_per_epoch / steps_per_epoch * clock.steps / train_seconds
+        ) if tokens_per_epoch else None,
         "averaged_checkpoints": [os.path.basename(p) for p in averaged],
         "vocab_size": tokenizer.vocab_size,
         "parameters": model.count_params(),
@@ -168,6 +168,26 @@ def train(config, run_dir, verbose="auto"):
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return model, tokenizer, summary
+
+
+def _epochs(config, batches, num_workers):
+    """(steps per epoch, target tokens per epoch or None, epochs) of a run.
+
+    By default one unshuffled pass over the whole split fixes the epoch length (the same
+    on every worker; a step takes a batch from each); training then reads an endless,
+    reshuffled stream, `steps_per_epoch` steps an epoch. `training.steps_per_epoch`
+    skips that pass (hours on a WMT-sized corpus); `training.max_steps` sets the epochs.
+    """
+    training = config.training
+    if training.steps_per_epoch:
+        steps_per_epoch, tokens_per_epoch = training.steps_per_epoch, None
+    else:
+        steps, tokens_per_epoch = epoch_size(
+            make_batches(corpus.split_pairs(config.data, "train"), cache=False, **batches))
+        steps_per_epoch = max(1, steps // num_workers)
+    epochs = (math.ceil(training.max_steps / steps_per_epoch) if training.max_steps
+              else training.epochs)
+    return steps_per_epoch, tokens_per_epoch, epochs
 
 
 def _no_worse(model, valid_data, final_weights):
