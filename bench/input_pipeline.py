@@ -21,7 +21,7 @@ import tensorflow as tf
 from keras_transformer.tokenizer import SubwordTokenizer
 from keras_transformer.training import corpus
 from keras_transformer.training.config import load_config
-from keras_transformer.training.data import epoch_size, make_batches, text_pairs
+from keras_transformer.training.data import epoch_size, make_batches
 
 
 def main(argv=None):
@@ -32,12 +32,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     config = load_config(os.path.join(args.run, "config.yaml"))
     tokenizer = SubwordTokenizer.load(os.path.join(args.run, "tokenizer.model"))
-    pairs = text_pairs(*corpus.split_lines(config.data, "train"))
     batches = dict(tokenizer=tokenizer, batch_tokens=config.training.batch_tokens,
                    max_length=config.data.max_length)
-    steps, tokens = epoch_size(make_batches(pairs, **batches))
-    stream = make_batches(pairs, shuffle_buffer=config.training.shuffle_buffer,
-                          seed=config.training.seed, repeat=True, **batches)
+    # The same streamed train split as `train` reads (training/train.py).
+    steps, tokens = epoch_size(make_batches(corpus.split_pairs(config.data, "train"),
+                                            cache=False, **batches))
+    stream = make_batches(corpus.split_pairs(config.data, "train", seed=config.training.seed),
+                          shuffle_buffer=config.training.shuffle_buffer,
+                          seed=config.training.seed, repeat=True,
+                          cache=corpus.cache_tokens(config.data), **batches)
     iterator = iter(stream)
     rates = []
     for _ in range(args.passes):
