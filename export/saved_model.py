@@ -21,7 +21,11 @@ register tensorflow-text ops (tensorflow/serving#1490): ids in, ids out, core Te
 only; the client tokenizes with `assets/tokenizer.model` (see `serving_client.py`).
 """
 
+import json
 import os
+import shutil
+import tempfile
+import weakref
 
 import tensorflow as tf
 
@@ -45,11 +49,12 @@ class Translator(tf.Module):
         self.alpha = alpha
         self.text = TextTranslator(model, tokenizer, max_source_length, max_extra_length,
                                    jit_compile=jit_compile)
-        self.vocabulary = tf.saved_model.Asset(_write_vocabulary(tokenizer))
         # The beam is compiled into `serving_default`; recorded so that a reader of the
         # SavedModel (e.g. `evaluate --model`) knows which beam it decodes with.
-        self.decoding = tf.saved_model.Asset(_write_decoding(
-            beam_size=beam_size, alpha=alpha, max_extra_length=max_extra_length))
+        vocabulary, decoding = _asset_files(self, tokenizer, beam_size=beam_size, alpha=alpha,
+                                            max_extra_length=max_extra_length)
+        self.vocabulary = tf.saved_model.Asset(vocabulary)
+        self.decoding = tf.saved_model.Asset(decoding)
 
     @tf.function(input_signature=[STRINGS])
     def beam(self, sentences):
@@ -88,24 +93,22 @@ class Translator(tf.Module):
         }
 
 
-def _write_vocabulary(tokenizer):
-    """The SentencePiece model as a file, shipped in the SavedModel's assets."""
-    import tempfile
+def _asset_files(owner, tokenizer, **settings):
+    """The SentencePiece model and the decoding settings (`decoding.json`) as files, for
+    the SavedModel's assets: `(vocabulary path, decoding path)`.
 
-    path = os.path.join(tempfile.mkdtemp(prefix="kt_vocab_"), "tokenizer.model")
-    tokenizer.save(path)
-    return path
-
-
-def _write_decoding(**settings):
-    """The decoding settings as `decoding.json`, shipped in the SavedModel's assets."""
-    import json
-    import tempfile
-
-    path = os.path.join(tempfile.mkdtemp(prefix="kt_decoding_"), "decoding.json")
-    with open(path, "w") as f:
+    They live in a temporary directory that is removed when `owner` is garbage-collected
+    or the process exits (`tf.saved_model.save` copies them into the SavedModel): each
+    export used to leave two directories behind in the system's temp folder.
+    """
+    directory = tempfile.mkdtemp(prefix="kt_assets_")
+    weakref.finalize(owner, shutil.rmtree, directory, ignore_errors=True)
+    vocabulary = os.path.join(directory, "tokenizer.model")
+    tokenizer.save(vocabulary)
+    decoding = os.path.join(directory, "decoding.json")
+    with open(decoding, "w") as f:
         json.dump(settings, f)
-    return path
+    return vocabulary, decoding
 
 
 def export_saved_model(model, tokenizer, out_dir, beam_size=4, alpha=0.6, max_extra_length=50):
@@ -142,9 +145,10 @@ class IdsTranslator(tf.Module):
         self.text = TextTranslator(model, None, max_source_length, max_extra_length,
                                    jit_compile=jit_compile)
         # Only the SentencePiece file travels with the model, for the client to tokenize.
-        self.vocabulary = tf.saved_model.Asset(_write_vocabulary(tokenizer))
-        self.decoding = tf.saved_model.Asset(_write_decoding(
-            beam_size=beam_size, alpha=alpha, max_extra_length=max_extra_length))
+        vocabulary, decoding = _asset_files(self, tokenizer, beam_size=beam_size, alpha=alpha,
+                                            max_extra_length=max_extra_length)
+        self.vocabulary = tf.saved_model.Asset(vocabulary)
+        self.decoding = tf.saved_model.Asset(decoding)
 
     @tf.function(input_signature=[SOURCE_IDS])
     def beam(self, source_ids):
