@@ -51,10 +51,8 @@ class Translator(tf.Module):
                                    jit_compile=jit_compile)
         # The beam is compiled into `serving_default`; recorded so that a reader of the
         # SavedModel (e.g. `evaluate --model`) knows which beam it decodes with.
-        vocabulary, decoding = _asset_files(self, tokenizer, beam_size=beam_size, alpha=alpha,
-                                            max_extra_length=max_extra_length)
-        self.vocabulary = tf.saved_model.Asset(vocabulary)
-        self.decoding = tf.saved_model.Asset(decoding)
+        _attach_assets(self, tokenizer, beam_size=beam_size, alpha=alpha,
+                       max_extra_length=max_extra_length)
 
     @tf.function(input_signature=[STRINGS])
     def beam(self, sentences):
@@ -93,22 +91,23 @@ class Translator(tf.Module):
         }
 
 
-def _asset_files(owner, tokenizer, **settings):
-    """The SentencePiece model and the decoding settings (`decoding.json`) as files, for
-    the SavedModel's assets: `(vocabulary path, decoding path)`.
+def _attach_assets(module, tokenizer, **settings):
+    """Give `module` its SavedModel assets: `vocabulary` (the SentencePiece model) and
+    `decoding` (the decoding settings as `decoding.json`).
 
-    They live in a temporary directory that is removed when `owner` is garbage-collected
-    or the process exits (`tf.saved_model.save` copies them into the SavedModel): each
-    export used to leave two directories behind in the system's temp folder.
+    The files live in a temporary directory that is removed when `module` is
+    garbage-collected or the process exits (`tf.saved_model.save` copies them into the
+    SavedModel): each export used to leave two directories behind in the temp folder.
     """
     directory = tempfile.mkdtemp(prefix="kt_assets_")
-    weakref.finalize(owner, shutil.rmtree, directory, ignore_errors=True)
+    weakref.finalize(module, shutil.rmtree, directory, ignore_errors=True)
     vocabulary = os.path.join(directory, "tokenizer.model")
     tokenizer.save(vocabulary)
     decoding = os.path.join(directory, "decoding.json")
     with open(decoding, "w") as f:
         json.dump(settings, f)
-    return vocabulary, decoding
+    module.vocabulary = tf.saved_model.Asset(vocabulary)
+    module.decoding = tf.saved_model.Asset(decoding)
 
 
 def export_saved_model(model, tokenizer, out_dir, beam_size=4, alpha=0.6, max_extra_length=50):
@@ -145,10 +144,8 @@ class IdsTranslator(tf.Module):
         self.text = TextTranslator(model, None, max_source_length, max_extra_length,
                                    jit_compile=jit_compile)
         # Only the SentencePiece file travels with the model, for the client to tokenize.
-        vocabulary, decoding = _asset_files(self, tokenizer, beam_size=beam_size, alpha=alpha,
-                                            max_extra_length=max_extra_length)
-        self.vocabulary = tf.saved_model.Asset(vocabulary)
-        self.decoding = tf.saved_model.Asset(decoding)
+        _attach_assets(self, tokenizer, beam_size=beam_size, alpha=alpha,
+                       max_extra_length=max_extra_length)
 
     @tf.function(input_signature=[SOURCE_IDS])
     def beam(self, source_ids):

@@ -108,8 +108,8 @@ def train(config, run_dir, verbose="auto"):
     # multi-worker run reads its own part of it (training/data.py, stream_pairs).
     num_workers, worker_index = worker_shard(strategy)
     tokenizer = load_or_train_tokenizer(config, run_dir, is_chief=worker_index == 0)
-    batches = dict(tokenizer=tokenizer, batch_tokens=config.training.batch_tokens,
-                   max_length=config.data.max_length)
+    batches = {"tokenizer": tokenizer, "batch_tokens": config.training.batch_tokens,
+               "max_length": config.data.max_length}
     steps_per_epoch, tokens_per_epoch, epochs = _epochs(config, batches, num_workers)
     train_data = make_batches(
         corpus.split_pairs(config.data, "train", seed=config.training.seed,
