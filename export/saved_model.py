@@ -28,8 +28,8 @@ import tempfile
 import weakref
 
 import tensorflow as tf
-from keras_transformer.export.settings import choose_beam
 
+from keras_transformer.export.settings import choose_beam
 from keras_transformer.tokenizer import BOS_ID, PAD_ID
 from keras_transformer.translation import TextTranslator, _pad_to_buckets
 

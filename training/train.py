@@ -19,29 +19,20 @@ import os
 import time
 
 import keras
-from keras_transformer.training import corpus
-from keras_transformer.training.averaging import average_checkpoints, list_checkpoints
-from keras_transformer.training.config import RunError, save_config
-from keras_transformer.training.data import (
-    epoch_size,
-    make_batches,
-    with_known_length,
-    worker_shard,
-)
-from keras_transformer.training.plot import plot_history
-from keras_transformer.training.precision import resolve_precision
-from keras_transformer.training.progress import (
-    EpochClock,
-    StepLimit,
-    TimeBudget,
-    TrainingPlan,
-)
-from keras_transformer.training.strategy import make_strategy
 
 from keras_transformer.losses import MaskedAccuracy, MaskedCrossEntropy
 from keras_transformer.model import Transformer
 from keras_transformer.schedules import paper_optimizer
 from keras_transformer.tokenizer import SubwordTokenizer
+from keras_transformer.training import corpus
+from keras_transformer.training.averaging import average_checkpoints, list_checkpoints
+from keras_transformer.training.config import RunError, save_config
+from keras_transformer.training.data import (epoch_size, make_batches, with_known_length,
+                                             worker_shard)
+from keras_transformer.training.plot import plot_history
+from keras_transformer.training.precision import resolve_precision
+from keras_transformer.training.progress import EpochClock, StepLimit, TimeBudget, TrainingPlan
+from keras_transformer.training.strategy import make_strategy
 
 
 def load_or_train_tokenizer(config, run_dir, is_chief=True, wait_seconds=1800):
