@@ -1,7 +1,8 @@
 """keras-transformer: the Transformer of "Attention Is All You Need" in Keras 3.
 
-The names below load on first use, so `keras-transformer --help` and the command line's
-start-up do not import TensorFlow before they have decided how quiet it should be.
+Importing the package imports TensorFlow quietly (keras_transformer/quiet.py) and registers
+the model's Keras classes, so a saved model loads right after `import keras_transformer`:
+`keras.saving.load_model("runs/multi30k_en_de/model.keras")`.
 
 Example:
 >>> import keras_transformer as kt
@@ -9,34 +10,20 @@ Example:
 256
 """
 
-import importlib
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+from keras_transformer.quiet import import_tensorflow_quietly  # noqa: E402
+
+import_tensorflow_quietly()
+
+# Importing the model registers Transformer, its layers, loss and schedule with Keras.
+from keras_transformer import layers, losses, masks, schedules  # noqa: E402
+from keras_transformer.config import PRESETS, TransformerConfig  # noqa: E402
+from keras_transformer.model import Transformer  # noqa: E402
+
 __version__ = "0.1.0"
 
-_LAZY = {
-    "PRESETS": "keras_transformer.config",
-    "TransformerConfig": "keras_transformer.config",
-    "Transformer": "keras_transformer.model",
-    "layers": None,
-    "losses": None,
-    "masks": None,
-    "schedules": None,
-}
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name):
-    if name not in _LAZY:
-        raise AttributeError(f"module 'keras_transformer' has no attribute {name!r}")
-    module = _LAZY[name]
-    value = (importlib.import_module(f"keras_transformer.{name}") if module is None
-             else getattr(importlib.import_module(module), name))
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+__all__ = ["PRESETS", "Transformer", "TransformerConfig", "layers", "losses", "masks",
+           "schedules"]

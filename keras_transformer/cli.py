@@ -282,31 +282,8 @@ def build_parser():
     return parser
 
 
-def quiet_startup():
-    """Hide TensorFlow's C++ start-up chatter (CUDA probing on a CPU machine, CPU
-    feature notes) that is printed before absl logging is configured.
-
-    Only TensorFlow's own log lines are dropped: a failed import still raises its
-    Python error after stderr is restored, and TF_CPP_MIN_LOG_LEVEL set by the user wins.
-    """
-    if "tensorflow" in sys.modules:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow as tf
-
-        tf.config.list_physical_devices("GPU")  # probes CUDA now, while stderr is muted
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    quiet_startup()
     if getattr(args, "verbose", None) not in (None, "auto"):
         args.verbose = int(args.verbose)
     from keras_transformer.errors import UsageError

@@ -1,5 +1,8 @@
 """Model-level properties: causality, padding invariance, sizes, saving, precision, cache."""
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -137,6 +140,34 @@ def test_compiled_model_loads_compiled_with_its_optimizer_state(tmp_path):
     loaded.fit((src, tgt), np.roll(tgt, -1, axis=1), epochs=1, verbose=0)
     assert int(loaded.optimizer.iterations.numpy()) == 4
 
+
+LOAD_IN_FRESH_PROCESS = """
+import sys
+import keras_transformer  # the only import of ours: it must register every saved class
+import keras
+
+model = keras.saving.load_model(sys.argv[1])  # safe_mode on
+print(type(model).__name__, type(model.loss).__name__,
+      model.optimizer.get_config()["learning_rate"]["class_name"])
+"""
+
+
+def test_keras_file_loads_in_a_fresh_process_after_importing_the_package(tmp_path):
+    """A fresh process that imports only `keras_transformer` loads a compiled run model
+    (model, loss, metric and learning-rate schedule classes all registered)."""
+    model = kt.Transformer(tiny_config())
+    model.compile(optimizer=keras.optimizers.Adam(kt.schedules.InverseSqrtSchedule(32, 10)),
+                  loss=kt.losses.MaskedCrossEntropy(), metrics=[kt.losses.MaskedAccuracy()])
+    rng = np.random.default_rng(8)
+    src, tgt = random_ids(rng, 2, 5), random_ids(rng, 2, 4)
+    model.fit((src, tgt), np.roll(tgt, -1, axis=1), epochs=1, verbose=0)
+    model.save(tmp_path / "model.keras")
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", LOAD_IN_FRESH_PROCESS, str(tmp_path / "model.keras")],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["Transformer", "MaskedCrossEntropy", "InverseSqrtSchedule"]
+    assert "cuda" not in result.stderr.lower()  # the package import is quiet
 
 def _step_by_step(model, src, tgt, max_length):
     memory, source_mask = model.encode(src)
