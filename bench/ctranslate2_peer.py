@@ -220,8 +220,9 @@ def _ours_decode(model, source_ids, max_length, beam_size):
     from keras_transformer import decoding
 
     # alpha 0: neither side penalizes length, so both beam searches rank alike.
-    run = tf.function(lambda s: decoding.decode(model, s, max_length, beam_size, 0.0,
-                                                max_length)[0])
+    options = decoding.DecodingOptions(beam_size=beam_size, alpha=0.0,
+                                       max_extra_length=max_length)
+    run = tf.function(lambda s: decoding.decode(model, s, max_length, options)[0])
     return run(tf.constant(source_ids, tf.int32)).numpy()
 
 

@@ -151,8 +151,11 @@ def litert_decoders(model, tokenizer, path, new_tokens):
     from keras_transformer.export import litert
     from keras_transformer.export.tflite import convert_tflite
 
-    convert_tflite(model, tokenizer, path, quantize="int8", beam_size=4, alpha=0.6,
-                   max_extra_length=new_tokens - SOURCE_LENGTH, max_output_length=new_tokens)
+    from keras_transformer.decoding_options import DecodingOptions
+
+    convert_tflite(model, tokenizer, path, quantize="int8", options=DecodingOptions(
+        beam_size=4, alpha=0.6, max_extra_length=new_tokens - SOURCE_LENGTH,
+        max_output_length=new_tokens))
     litert.check_operators(path)
     interpreter = litert.load_interpreter(path, LITERT_THREADS)
     runners = {b: interpreter.get_signature_runner("greedy_ids" if b == 1 else "translate_ids")

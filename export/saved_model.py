@@ -29,34 +29,42 @@ import weakref
 
 import tensorflow as tf
 
+from keras_transformer.decoding_options import DecodingOptions
 from keras_transformer.export.settings import choose_beam
-from keras_transformer.tokenizer import BOS_ID, PAD_ID
 from keras_transformer.translation import TextTranslator, _pad_to_buckets
 
 STRINGS = tf.TensorSpec([None], tf.string, name="sentences")
 SOURCE_IDS = tf.TensorSpec([None, None], tf.int32, name="source_ids")
 
 
-class Translator(tf.Module):
-    """A `tf.Module` wrapping model + tokenizer with serving signatures."""
+class _Exported(tf.Module):
+    """What both SavedModel modules hold: the model, its decoder (`self.text`, with the
+    export's `DecodingOptions`) and the assets (vocabulary, decoding settings)."""
 
-    def __init__(self, model, tokenizer, beam_size=4, alpha=0.6, max_extra_length=50,
-                 max_source_length=256, jit_compile=True):
-        super().__init__(name="translator")
+    def __init__(self, name, model, tokenizer, options, max_source_length, jit_compile,
+                 in_graph_tokenizer):
+        super().__init__(name=name)
         self.model = model
-        self.tokenizer = tokenizer
-        self.beam_size = beam_size
-        self.alpha = alpha
-        self.text = TextTranslator(model, tokenizer, max_source_length, max_extra_length,
+        self.options = options or DecodingOptions()
+        self.text = TextTranslator(model, in_graph_tokenizer, self.options, max_source_length,
                                    jit_compile=jit_compile)
         # The beam is compiled into `serving_default`; recorded so that a reader of the
         # SavedModel (e.g. `evaluate --model`) knows which beam it decodes with.
-        _attach_assets(self, tokenizer, beam_size=beam_size, alpha=alpha,
-                       max_extra_length=max_extra_length)
+        _attach_assets(self, tokenizer, self.options)
+
+
+class ServingTranslator(_Exported):
+    """A `tf.Module` wrapping model + tokenizer with serving signatures."""
+
+    def __init__(self, model, tokenizer, options=None, max_source_length=256,
+                 jit_compile=True):
+        super().__init__("translator", model, tokenizer, options, max_source_length,
+                         jit_compile, in_graph_tokenizer=tokenizer)
+        self.tokenizer = tokenizer
 
     @tf.function(input_signature=[STRINGS])
     def beam(self, sentences):
-        return {"translations": self.text.translate(sentences, self.beam_size, self.alpha)}
+        return {"translations": self.text.translate(sentences)}  # the export's beam and α
 
     @tf.function(input_signature=[STRINGS])
     def greedy(self, sentences):
@@ -64,16 +72,14 @@ class Translator(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="source_ids")])
     def translate_ids(self, source_ids):
-        ids, scores = self.text.decode_ids(source_ids, self.beam_size, self.alpha)
+        ids, scores = self.text.decode_ids(source_ids)
         return {"ids": ids, "scores": scores}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="sources"),
                                   tf.TensorSpec([None], tf.string, name="targets")])
     def attention(self, sources, targets):
-        source_ids = self.tokenizer.tokenize(sources).to_tensor(default_value=PAD_ID)
-        target = self.tokenizer.tokenize(targets)
-        batch = tf.shape(sources)[0]
-        target_in = tf.concat([tf.fill([batch, 1], BOS_ID), target.to_tensor(PAD_ID)], 1)
+        source_ids = self.tokenizer.source_ids(sources)
+        target_in = self.tokenizer.target_in_ids(targets)
         weights = self.model.attention_scores(source_ids, target_in)
         return {
             "source_ids": source_ids,
@@ -91,7 +97,7 @@ class Translator(tf.Module):
         }
 
 
-def _attach_assets(module, tokenizer, **settings):
+def _attach_assets(module, tokenizer, options):
     """Give `module` its SavedModel assets: `vocabulary` (the SentencePiece model) and
     `decoding` (the decoding settings as `decoding.json`).
 
@@ -105,21 +111,25 @@ def _attach_assets(module, tokenizer, **settings):
     tokenizer.save(vocabulary)
     decoding = os.path.join(directory, "decoding.json")
     with open(decoding, "w") as f:
-        json.dump(settings, f)
+        # The output length of a SavedModel follows the source (max_extra_length); the
+        # static max_output_length of the edge model does not apply.
+        json.dump({k: v for k, v in options.to_dict().items() if k != "max_output_length"}, f)
     module.vocabulary = tf.saved_model.Asset(vocabulary)
     module.decoding = tf.saved_model.Asset(decoding)
 
 
-def export_saved_model(model, tokenizer, out_dir, beam_size=4, alpha=0.6, max_extra_length=50):
-    """Write the Translator SavedModel to `out_dir`; returns the Translator."""
-    translator = Translator(model, tokenizer, beam_size, alpha, max_extra_length)
+def export_saved_model(model, tokenizer, out_dir, options=None, jit_compile=True):
+    """Write the ServingTranslator SavedModel (`DecodingOptions`: default beam 4, α 0.6)
+    to `out_dir`; returns the ServingTranslator. `jit_compile=False` decodes in graph mode
+    (no XLA compile per shape bucket: slower calls, no compile pauses)."""
+    translator = ServingTranslator(model, tokenizer, options, jit_compile=jit_compile)
     tf.saved_model.save(translator, out_dir, signatures=translator.signatures())
     return translator
 
 
-class IdsTranslator(tf.Module):
-    """Source ids in, target ids out: the Translator's decoding without its tokenizer, so
-    the SavedModel holds core TensorFlow ops only and stock TF Serving can run it.
+class IdsTranslator(_Exported):
+    """Source ids in, target ids out: the ServingTranslator's decoding without its
+    tokenizer, so the SavedModel holds core TensorFlow ops only and stock TF Serving can run it.
 
     Signatures `serving_default` (beam search with the exported beam and α) and `greedy`
     take `source_ids [batch, length] int32` (SentencePiece ids of `assets/tokenizer.model`,
@@ -128,28 +138,22 @@ class IdsTranslator(tf.Module):
     `scores [batch] float32`.
 
     Example:
-    >>> module = IdsTranslator(model, tokenizer, beam_size=4)          # doctest: +SKIP
+    >>> module = IdsTranslator(model, tokenizer, DecodingOptions(beam_size=4))  # doctest: +SKIP
     >>> module.beam(tf.constant([[52, 9, 311, 5]]))["ids"]             # doctest: +SKIP
     <tf.Tensor: shape=(1, 66), dtype=int32, numpy=array([[41, 17, 8, 3, 0, ...]])>
     """
 
-    def __init__(self, model, tokenizer, beam_size=4, alpha=0.6, max_extra_length=50,
-                 max_source_length=256, jit_compile=True):
-        super().__init__(name="ids_translator")
-        self.model = model
-        self.beam_size = beam_size
-        self.alpha = alpha
-        # The same decoder as the Translator's, built without a tokenizer: a tokenizer
-        # tracked on this module would save its tensorflow-text resources and ops too.
-        self.text = TextTranslator(model, None, max_source_length, max_extra_length,
-                                   jit_compile=jit_compile)
-        # Only the SentencePiece file travels with the model, for the client to tokenize.
-        _attach_assets(self, tokenizer, beam_size=beam_size, alpha=alpha,
-                       max_extra_length=max_extra_length)
+    def __init__(self, model, tokenizer, options=None, max_source_length=256,
+                 jit_compile=True):
+        # The same decoder as the ServingTranslator's, built without a tokenizer: a tokenizer
+        # tracked on this module would save its tensorflow-text resources and ops too. Only
+        # the SentencePiece file travels with the model, for the client to tokenize.
+        super().__init__("ids_translator", model, tokenizer, options, max_source_length,
+                         jit_compile, in_graph_tokenizer=None)
 
     @tf.function(input_signature=[SOURCE_IDS])
     def beam(self, source_ids):
-        return self._decode(source_ids, self.beam_size)
+        return self._decode(source_ids, self.options.beam_size)
 
     @tf.function(input_signature=[SOURCE_IDS])
     def greedy(self, source_ids):
@@ -161,7 +165,7 @@ class IdsTranslator(tf.Module):
         # as the string signatures would.
         source_ids = source_ids[:, : self.text.max_source_length]
         source_ids = _pad_to_buckets(source_ids, self.text.length_bucket)
-        ids, scores = self.text.decode_ids(source_ids, beam_size, self.alpha)
+        ids, scores = self.text.decode_ids(source_ids, beam_size)
         return {"ids": tf.cast(ids, tf.int32), "scores": tf.cast(scores, tf.float32)}
 
     def signatures(self):
@@ -169,8 +173,7 @@ class IdsTranslator(tf.Module):
                 "greedy": self.greedy.get_concrete_function()}
 
 
-def export_ids_saved_model(model, tokenizer, out_dir, beam_size=4, alpha=0.6,
-                           max_extra_length=50, jit_compile=True):
+def export_ids_saved_model(model, tokenizer, out_dir, options=None, jit_compile=True):
     """Write the ids-only SavedModel (core TensorFlow ops only) to `out_dir`; returns the
     IdsTranslator.
 
@@ -181,15 +184,14 @@ def export_ids_saved_model(model, tokenizer, out_dir, beam_size=4, alpha=0.6,
     Example:
     >>> export_ids_saved_model(model, tokenizer, "translator_ids/1")   # doctest: +SKIP
     """
-    module = IdsTranslator(model, tokenizer, beam_size, alpha, max_extra_length,
-                           jit_compile=jit_compile)
+    module = IdsTranslator(model, tokenizer, options, jit_compile=jit_compile)
     tf.saved_model.save(module, out_dir, signatures=module.signatures())
     return module
 
 
 def exported_decoding(loaded):
-    """The decoding settings (`beam_size`, `alpha`, ...) a loaded Translator SavedModel was
-    exported with; {} for SavedModels exported before they were recorded."""
+    """The decoding settings (`beam_size`, `alpha`, ...) a loaded ServingTranslator
+    SavedModel was exported with; {} for SavedModels exported before they were recorded."""
     import json
 
     if not hasattr(loaded, "decoding"):
@@ -216,5 +218,5 @@ def saved_model_translator(path, beam_size=None):
     return translate
 
 
-__all__ = ["IdsTranslator", "Translator", "export_ids_saved_model", "export_saved_model",
+__all__ = ["IdsTranslator", "ServingTranslator", "export_ids_saved_model", "export_saved_model",
            "exported_decoding", "saved_model_translator"]

@@ -33,8 +33,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transformer import decoding
+from keras_transformer.decoding_options import DecodingOptions
 from keras_transformer.export.settings import add_tflite_metadata
-from keras_transformer.tokenizer import EOS_ID
+from keras_transformer.quiet import captured_stderr
+from keras_transformer.tokenizer import text_mask
 
 QUANTIZATIONS = ("none", "float16", "int8")
 
@@ -60,39 +62,39 @@ class EdgeTranslator(tf.Module):
     Args:
         model: a trained `keras_transformer.Transformer`.
         tokenizer: its `SubwordTokenizer`.
-        max_output_length: static output (and cache) length; each sentence also stops
-            after source length + `max_extra_length` tokens.
+        options: `DecodingOptions`; `max_output_length` is the static output (and cache)
+            length, and each sentence also stops after source length + `max_extra_length`.
         max_source_length: sentences are cut to this many subword tokens.
     """
 
-    def __init__(self, model, tokenizer, beam_size=4, alpha=0.6, max_extra_length=50,
-                 max_output_length=128, max_source_length=256):
+    def __init__(self, model, tokenizer, options=None, max_source_length=256):
         super().__init__(name="edge_translator")
         self._model = model  # not tracked: the functions hold its weights as constants
         self._weights = FrozenWeights(model)
         self._tokenizer = tokenizer
-        self.beam_size, self.alpha = beam_size, alpha
-        self.max_extra_length = max_extra_length
-        self.max_output_length = max_output_length
+        self.options = options or DecodingOptions()
+        self.beam_size = self.options.beam_size
+        self.max_output_length = self.options.max_output_length
         self.max_source_length = max_source_length
 
     def _decode(self, source_ids, beam_size):
         with self._weights.scope():
-            return decoding.decode(self._model, source_ids, self.max_output_length, beam_size,
-                                   self.alpha, self.max_extra_length)
+            return decoding.decode(self._model, source_ids, self.max_output_length,
+                                   self.options.replace(beam_size=beam_size))
 
     def _source_ids(self, sentence):
         """One sentence → `[1, length]` ids, with dense ops only (ragged slicing and
         `to_tensor` would add ops that neither TFLite nor tf-text's registrar provide)."""
         ids = self._tokenizer.tokenize(sentence).flat_values[: self.max_source_length]
+        # An empty sentence has no ids, and a zero-length source made LiteRT's XNNPack
+        # delegate fail ("failed to reshape"): one pad id instead (its output is eos only).
+        ids = tf.pad(ids, [[0, tf.maximum(1 - tf.size(ids), 0)]])
         return tf.expand_dims(ids, 0)
 
     def _text(self, sentence, beam_size):
         ids, _ = self._decode(self._source_ids(sentence), beam_size)
         ids = ids[0]
-        # Up to the first eos, without special ids: the same rule as SubwordTokenizer.
-        before_eos = tf.equal(tf.cumsum(tf.cast(tf.equal(ids, EOS_ID), tf.int32)), 0)
-        pieces = tf.boolean_mask(ids, tf.logical_and(before_eos, ids > EOS_ID))
+        pieces = tf.boolean_mask(ids, text_mask(ids))  # dense: no ragged ops in TFLite
         splits = tf.stack([0, tf.size(pieces)])  # int32: with int64 splits LiteRT returned ""
         ragged = tf.RaggedTensor.from_row_splits(pieces, splits, validate=False)
         return {"translation": self._tokenizer.fast.detokenize(ragged)}
@@ -196,26 +198,25 @@ def to_tflite(module, quantize="none"):
         # differently) and each of the 12 subgraphs repeated the 8,000 vocabulary scales:
         # 12.2 MiB (40 % of fp32) vs 8.8 MiB (29 %) for the small model, same BLEU.
         converter._experimental_disable_per_channel_quantization_for_dense_layers = True
-    return converter.convert()
+    with captured_stderr():  # graph-import notes logged as errors; a failure still shows them
+        return converter.convert()
 
 
-def convert_tflite(model, tokenizer, out_path, quantize="none", beam_size=4, alpha=0.6,
-                   max_extra_length=50, max_output_length=128):
-    """Write `out_path` (translator) and `out_path` with `.step.tflite` (streaming variant).
+def convert_tflite(model, tokenizer, out_path, quantize="none", options=None):
+    """Write `out_path` (translator) and `out_path` with `.step.tflite` (streaming variant),
+    decoding with `options` (`DecodingOptions`, recorded as metadata).
 
     Returns the two paths.
     """
-    translator = EdgeTranslator(model, tokenizer, beam_size, alpha, max_extra_length,
-                                max_output_length)
-    stepper = EdgeStepper(model, max_output_length)
+    options = options or DecodingOptions()
+    translator = EdgeTranslator(model, tokenizer, options)
+    stepper = EdgeStepper(model, options.max_output_length)
     step_path = out_path[: -len(".tflite")] + ".step.tflite" if out_path.endswith(
         ".tflite") else out_path + ".step.tflite"
-    decoding = dict(beam_size=beam_size, alpha=alpha, max_extra_length=max_extra_length,
-                    max_output_length=max_output_length)
     for module, path in ((translator, out_path), (stepper, step_path)):
         flatbuffer = to_tflite(module, quantize)
         if module is translator:  # its `translate` signature has the beam compiled in
-            flatbuffer = add_tflite_metadata(flatbuffer, decoding)
+            flatbuffer = add_tflite_metadata(flatbuffer, options.to_dict())
         with open(path, "wb") as f:
             f.write(flatbuffer)
     return out_path, step_path

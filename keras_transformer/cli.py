@@ -23,6 +23,8 @@ def _train(args):
     config = load_config(args.config)
     run_dir = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
     _, _, summary = train(config, run_dir, verbose=args.verbose)
+    if not summary["chief"]:  # the chief scores, exports and writes the summary
+        return
     print(f"trained {summary['steps']} steps; run saved in {run_dir}")
     phases = {"train_seconds": round(time.time() - started, 1)}
     memory = {"after_train": _peak_memory_mb()}
@@ -91,7 +93,8 @@ def _evaluate(args):
 
 
 def _exported_translator(path, beam_size):
-    """(translate, name) for a SavedModel directory or a .tflite file (run in LiteRT).
+    """(translate, name) for a saved Translator (`.keras`), a SavedModel directory or a
+    .tflite file (run in LiteRT).
 
     `beam_size` None decodes with the exported beam, 1 greedily; any other beam than the
     exported one is a ConfigError (the beam is compiled into the model).
@@ -99,6 +102,17 @@ def _exported_translator(path, beam_size):
     """
     from keras_transformer.export.settings import BeamError
 
+    if _is_keras_file(path):  # any beam: a Keras model decodes with what it is asked
+        from keras_transformer.translator import load_translator
+
+        translator = load_translator(path)
+        beam = beam_size or translator.options.beam_size
+
+        def translate(batch):
+            return translator.translate(batch, beam)
+
+        translate.beam_size = beam
+        return translate, os.path.basename(path)[: -len(".keras")]
     if path.endswith(".tflite") and os.path.isfile(path):
         from keras_transformer.export.litert import litert_translator as load
         name = os.path.basename(path)[: -len(".tflite")]
@@ -106,11 +120,16 @@ def _exported_translator(path, beam_size):
         from keras_transformer.export.saved_model import saved_model_translator as load
         name = os.path.basename(os.path.normpath(path))
     else:
-        raise FileNotFoundError(f"--model {path}: no such SavedModel directory or .tflite file")
+        raise FileNotFoundError(f"--model {path}: no such .keras translator, SavedModel "
+                                f"directory or .tflite file")
     try:
         return load(path, beam_size), name
     except BeamError as e:
         raise BeamError(f"--beam {beam_size}: {e}") from None
+
+
+def _is_keras_file(path):
+    return path.endswith(".keras") and os.path.isfile(path)
 
 
 def _export(args):
@@ -120,33 +139,41 @@ def _export(args):
     ids_only = getattr(args, "ids_only", False)
     if ids_only and args.format != "saved_model":
         raise ConfigError("--ids-only: only with --format saved_model")
-    # Refuses a run without model.keras unless --checkpoint names the weights to export.
-    config, model, tokenizer = load_run(args.run, getattr(args, "checkpoint", None))
-    evaluation = config.evaluation
+    checkpoint = getattr(args, "checkpoint", None)
+    if getattr(args, "model", None):
+        from keras_transformer.translator import load_translator
+
+        if checkpoint:
+            raise ConfigError("--model and --checkpoint: export one or the other")
+        translator = load_translator(args.model)
+        model, tokenizer = translator.transformer, translator.vocabulary.tokenizer
+        options = translator.options.replace(max_output_length=args.max_output_length)
+        home = os.path.dirname(os.path.abspath(args.model))  # default outputs go next to it
+    else:
+        # Refuses a run without model.keras unless --checkpoint names the weights.
+        config, model, tokenizer = load_run(args.run, checkpoint)
+        options = config.evaluation.decoding_options(max_output_length=args.max_output_length)
+        home = args.run
     if args.format == "saved_model" and ids_only:
         from keras_transformer.export.saved_model import export_ids_saved_model
 
-        out = args.out or os.path.join(args.run, "saved_model_ids")
-        export_ids_saved_model(model, tokenizer, out, evaluation.beam_size, evaluation.alpha,
-                               evaluation.max_extra_length)
+        out = args.out or os.path.join(home, "saved_model_ids")
+        export_ids_saved_model(model, tokenizer, out, options)
         print(f"SavedModel (ids in/out, core TensorFlow ops only) written to {out}")
     elif args.format == "saved_model":
         from keras_transformer.export.saved_model import export_saved_model
 
-        out = args.out or os.path.join(args.run, "saved_model")
-        export_saved_model(model, tokenizer, out, evaluation.beam_size, evaluation.alpha,
-                           evaluation.max_extra_length)
+        out = args.out or os.path.join(home, "saved_model")
+        export_saved_model(model, tokenizer, out, options)
         print(f"SavedModel written to {out}")
     else:
         from keras_transformer.export.litert import check_operators
         from keras_transformer.export.tflite import convert_tflite
 
-        out = args.out or os.path.join(args.run, f"model.{args.quantize}.tflite")
+        out = args.out or os.path.join(home, f"model.{args.quantize}.tflite")
         if not out.endswith(".tflite"):
             raise ConfigError(f"--out {out}: a TFLite file name ends in .tflite")
-        paths = convert_tflite(model, tokenizer, out, args.quantize, evaluation.beam_size,
-                               evaluation.alpha, evaluation.max_extra_length,
-                               args.max_output_length)
+        paths = convert_tflite(model, tokenizer, out, args.quantize, options)
         for path in paths:
             check_operators(path)
             print(f"TFLite model written to {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
@@ -175,14 +202,42 @@ def _attention(args):
     import matplotlib
 
     matplotlib.use("Agg")
+    from keras_transformer.visualization import plot_attention
+
+    if _is_keras_file(args.model):
+        weights, queries, keys, target, title = _keras_attention(args)
+    elif os.path.isdir(args.model):
+        weights, queries, keys, target, title = _saved_model_attention(args)
+    else:
+        raise FileNotFoundError(f"--model {args.model}: no such .keras translator or "
+                                f"SavedModel directory")
+    plot_attention(weights, queries, keys, title=title).savefig(args.out, dpi=110)
+    print(f"{target}\nwrote {args.out}")
+
+
+def _keras_attention(args):
+    from keras_transformer.translator import load_translator
+    from keras_transformer.visualization import attention_map
+
+    translator = load_translator(args.model)
+    target = args.target
+    if target is None:
+        target = translator.translate(args.sentence, beam_size=1)
+    config = translator.transformer.config
+    layers = config.num_encoder_layers if args.kind == "encoder" else config.num_decoder_layers
+    layer = args.layer % layers
+    weights, queries, keys = attention_map(translator.transformer, translator.vocabulary.tokenizer,
+                                           args.sentence, target, args.kind, layer)
+    title = f"{args.kind} attention, layer {layer + 1} of {layers}: {target}"
+    return weights, queries, keys, target, title
+
+
+def _saved_model_attention(args):
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
 
     from keras_transformer.tokenizer import SubwordTokenizer
-    from keras_transformer.visualization import plot_attention
 
-    if not os.path.isdir(args.model):
-        raise FileNotFoundError(f"--model {args.model}: no such SavedModel directory")
     loaded = tf.saved_model.load(args.model)
     sentence = tf.constant([args.sentence])
     target = args.target
@@ -196,10 +251,8 @@ def _attention(args):
     layer = args.layer % stacked.shape[0]
     weights = stacked[layer, 0]
     queries = source_tokens if args.kind == "encoder" else target_tokens
-    figure = plot_attention(weights, queries, source_tokens,
-                            title=f"{args.kind} attention, layer {layer + 1} of {stacked.shape[0]}: {target}")
-    figure.savefig(args.out, dpi=110)
-    print(f"{target}\nwrote {args.out}")
+    title = f"{args.kind} attention, layer {layer + 1} of {stacked.shape[0]}: {target}"
+    return weights, queries, source_tokens, target, title
 
 
 CHECKPOINT_HELP = ("use the weights of this checkpoint of the run: 'latest' or a "
@@ -222,8 +275,9 @@ def build_parser():
     evaluate = commands.add_parser("evaluate", help="translate a split and score with sacreBLEU")
     evaluate.add_argument("--run", required=True,
                           help="a training run directory (its corpus and evaluation settings)")
-    evaluate.add_argument("--model", help="score this exported SavedModel directory or .tflite "
-                                          "file (LiteRT) instead of the run's Keras model")
+    evaluate.add_argument("--model", help="score this translator.keras file, exported SavedModel "
+                                          "directory or .tflite file (LiteRT) instead of the "
+                                          "run's Keras model")
     evaluate.add_argument("--split", default="test", choices=("valid", "test"))
     evaluate.add_argument("--beam", type=int, help="beam size (default: the run's config, or "
                                                    "the beam --model was exported with; an "
@@ -244,9 +298,12 @@ def build_parser():
     plot.set_defaults(func=_plot)
 
     export = commands.add_parser("export", help="export a run as a SavedModel or TFLite model")
-    export.add_argument("--run", required=True, help="a training run directory")
+    source = export.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="a training run directory")
+    source.add_argument("--model", help="a translator.keras file (its decoding options)")
     export.add_argument("--format", default="saved_model", choices=("saved_model", "tflite"))
-    export.add_argument("--out", help="output path (default: inside the run directory); for "
+    export.add_argument("--out", help="output path (default: inside the run directory, or "
+                                      "next to --model); for "
                                       "tflite also writes the streaming variant *.step.tflite")
     export.add_argument("--quantize", default="none", choices=("none", "float16", "int8"),
                         help="tflite weights: float32, float16, or int8 dynamic range")
@@ -261,7 +318,8 @@ def build_parser():
 
     translate = commands.add_parser("translate", help="translate with an exported model")
     translate.add_argument("--model", required=True,
-                           help="a SavedModel directory or a .tflite file (run in LiteRT)")
+                           help="a translator.keras file (any beam), a SavedModel directory "
+                                "or a .tflite file (run in LiteRT)")
     translate.add_argument("--beam", type=int,
                            help="1: greedy; default: the beam search the model was exported "
                                 "with (another beam is an error)")
@@ -271,7 +329,8 @@ def build_parser():
     translate.set_defaults(func=_translate)
 
     attention = commands.add_parser("attention", help="plot attention weights for a sentence")
-    attention.add_argument("--model", required=True, help="an exported SavedModel directory")
+    attention.add_argument("--model", required=True,
+                           help="a translator.keras file or an exported SavedModel directory")
     attention.add_argument("--kind", default="cross", choices=("cross", "encoder"),
                            help="cross: target to source; encoder: source self-attention")
     attention.add_argument("--layer", type=int, default=-1, help="layer index (default: last)")

@@ -12,6 +12,7 @@ GNMT length penalty ((5 + length) / 6)^α (beam search).
 
 import tensorflow as tf
 
+from keras_transformer.decoding_options import DecodingOptions
 from keras_transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 _NEG_INF = -1e9
@@ -287,8 +288,12 @@ def _pad_after_eos(ids):
     return tf.where(seen_eos > 0, PAD_ID, ids)
 
 
-def decode(model, source_ids, max_length, beam_size=1, alpha=0.6, max_extra_length=50):
-    """Greedy when `beam_size == 1`, else beam search; returns `(ids, scores)`."""
-    if beam_size == 1:
-        return greedy_decode(model, source_ids, max_length, max_extra_length)
-    return beam_search(model, source_ids, max_length, beam_size, alpha, max_extra_length)
+def decode(model, source_ids, max_length, options=None):
+    """Decode with `DecodingOptions` (default: greedy): greedy when `options.beam_size`
+    is 1, else beam search; `max_length` is the static output length. Returns
+    `(ids, scores)`."""
+    options = options or DecodingOptions(beam_size=1)
+    if options.beam_size == 1:
+        return greedy_decode(model, source_ids, max_length, options.max_extra_length)
+    return beam_search(model, source_ids, max_length, options.beam_size, options.alpha,
+                       options.max_extra_length)

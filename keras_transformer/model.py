@@ -29,7 +29,7 @@ class Transformer(keras.Model):
     >>> model = Transformer(TransformerConfig.from_preset("tiny", vocab_size=50))
     >>> src = keras.ops.convert_to_tensor([[4, 5, 6, 0]])
     >>> tgt = keras.ops.convert_to_tensor([[1, 7, 8]])
-    >>> model((src, tgt)).shape
+    >>> tuple(model((src, tgt)).shape)
     (1, 3, 50)
     """
 
@@ -184,7 +184,11 @@ class Transformer(keras.Model):
 
     def _logits(self, x):
         if self.output_projection is not None:
-            logits = self.output_projection(x)
+            # The kernel, not the layer call: a called Dense passes the decoder's padding
+            # mask on to the logits, and Keras then re-reduces the loss as masked values,
+            # dividing it by the number of replicas under a tf.distribute strategy (the
+            # loss is already a global token mean): untied models trained at half the rate.
+            logits = ops.matmul(x, ops.cast(self.output_projection.kernel, x.dtype))
         else:
             logits = self.target_embedding.project(x)
         return ops.cast(logits, "float32")

@@ -70,6 +70,20 @@ class SubwordTokenizer(tf.Module):
         """Strings `[batch]` → RaggedTensor of int32 ids, without bos/eos."""
         return tf.cast(self.fast.tokenize(text), tf.int32)
 
+    def source_ids(self, text, max_length=None):
+        """Strings `[batch]` → encoder input: dense int32 ids `[batch, length]`, pad 0,
+        no bos/eos, each cut to `max_length` tokens (None: not cut)."""
+        ids = self.tokenize(text)
+        if max_length is not None:
+            ids = ids[:, :max_length]
+        return ids.to_tensor(default_value=PAD_ID)
+
+    def target_in_ids(self, text):
+        """Strings `[batch]` → teacher-forced decoder input: bos, then the ids, pad 0."""
+        ids = self.tokenize(text)
+        bos = tf.fill([ids.nrows(), 1], tf.constant(BOS_ID, tf.int32))
+        return tf.concat([bos, ids], axis=1).to_tensor(default_value=PAD_ID)
+
     def detokenize(self, ids):
         """Ids (dense `[batch, length]` or ragged) → strings `[batch]`.
 
@@ -77,7 +91,16 @@ class SubwordTokenizer(tf.Module):
         """
         if not isinstance(ids, tf.RaggedTensor):
             ids = tf.convert_to_tensor(ids)
-            before_eos = tf.equal(tf.cumsum(tf.cast(tf.equal(ids, EOS_ID), tf.int32), axis=-1), 0)
-            ids = tf.ragged.boolean_mask(ids, before_eos)
-        ids = tf.ragged.boolean_mask(ids, ids > EOS_ID)
-        return self.fast.detokenize(ids)
+        return self.fast.detokenize(tf.ragged.boolean_mask(ids, text_mask(ids)))
+
+
+def text_mask(ids):
+    """Which of `ids` (`[..., length]`, dense or ragged) reach the text: those before the
+    first eos that are not pad, unk, bos or eos. The one rule for ids → text.
+
+    Example:
+    >>> text_mask(tf.constant([[2, 7, 8, 3, 9, 0]])).numpy()
+    array([[False,  True,  True, False, False, False]])
+    """
+    eos_seen = tf.cumsum(tf.cast(tf.equal(ids, EOS_ID), tf.int32), axis=-1)
+    return tf.logical_and(tf.equal(eos_seen, 0), ids > EOS_ID)

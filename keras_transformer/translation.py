@@ -19,11 +19,14 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transformer import decoding
-from keras_transformer.tokenizer import PAD_ID
+from keras_transformer.decoding_options import DecodingOptions
 
 
 class TextTranslator:
     """Translate batches of sentences with a trained model and its tokenizer.
+
+    `options` (`DecodingOptions`) gives the default beam and α and the output length
+    rule (source length + `max_extra_length`); beam and α can change per call.
 
     Example:
     >>> translator = TextTranslator(model, tokenizer)       # doctest: +SKIP
@@ -31,12 +34,12 @@ class TextTranslator:
     <tf.Tensor: shape=(1,), dtype=string, numpy=array([b'Ein Hund rennt.'], dtype=object)>
     """
 
-    def __init__(self, model, tokenizer, max_source_length=256, max_extra_length=50,
+    def __init__(self, model, tokenizer, options=None, max_source_length=256,
                  length_bucket=16, jit_compile=True):
         self.model = model
         self.tokenizer = tokenizer
+        self.options = options or DecodingOptions()
         self.max_source_length = max_source_length
-        self.max_extra_length = max_extra_length
         self.length_bucket = length_bucket
         self.jit_compile = jit_compile
         self._compiled = {}
@@ -49,12 +52,12 @@ class TextTranslator:
         sentences = tf.strings.unicode_transcode(
             tf.convert_to_tensor(sentences, tf.string), "UTF-8", "UTF-8", errors="replace"
         )
-        ids = self.tokenizer.tokenize(sentences)[:, : self.max_source_length]
-        ids = ids.to_tensor(default_value=PAD_ID)
+        ids = self.tokenizer.source_ids(sentences, self.max_source_length)
         return _pad_to_buckets(ids, self.length_bucket)
 
-    def decode_ids(self, source_ids, beam_size=4, alpha=0.6):
-        """Decode padded source ids; returns `(ids [batch, max_len], scores [batch])`."""
+    def decode_ids(self, source_ids, beam_size=None, alpha=None):
+        """Decode padded source ids (beam and α default to the options); returns
+        `(ids [batch, max_len], scores [batch])`."""
         batch = tf.shape(source_ids)[0]
         padded_batch = tf.cast(2 ** tf.math.ceil(tf.math.log(
             tf.cast(tf.maximum(batch, 1), tf.float32)) / tf.math.log(2.0)), tf.int32)
@@ -62,24 +65,25 @@ class TextTranslator:
         ids, scores = self._decoder(beam_size, alpha)(source_ids)
         return ids[:batch], scores[:batch]
 
-    def translate(self, sentences, beam_size=4, alpha=0.6):
-        """Strings `[batch]` → translated strings `[batch]`."""
+    def translate(self, sentences, beam_size=None, alpha=None):
+        """Strings `[batch]` → translated strings `[batch]` (beam and α default to the
+        options)."""
         source_ids = self.encode_text(sentences)
         ids, _ = self.decode_ids(source_ids, beam_size, alpha)
         return self.tokenizer.detokenize(ids)
 
     def _decoder(self, beam_size, alpha):
-        key = (beam_size, float(alpha))
+        options = self.options.replace(beam_size=beam_size, alpha=alpha)
+        key = (options.beam_size, options.alpha)
         with self._lock:
             if key not in self._compiled:
-                self._compiled[key] = self._build_decoder(beam_size, alpha)
+                self._compiled[key] = self._build_decoder(options)
             return self._compiled[key]
 
-    def _build_decoder(self, beam_size, alpha):
+    def _build_decoder(self, options):
         def run(source_ids):
-            max_length = tf.shape(source_ids)[1] + self.max_extra_length
-            return decoding.decode(self.model, source_ids, max_length, beam_size, alpha,
-                                   self.max_extra_length)
+            max_length = tf.shape(source_ids)[1] + options.max_extra_length
+            return decoding.decode(self.model, source_ids, max_length, options)
 
         return tf.function(run, jit_compile=self.jit_compile, reduce_retracing=True)
 

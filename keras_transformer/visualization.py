@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 
-from keras_transformer.tokenizer import BOS_ID, PAD_ID
 
 KINDS = ("encoder", "decoder_self", "cross")
 
@@ -24,9 +23,8 @@ def attention_map(model, tokenizer, source, target, kind="cross", layer=-1):
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    source_ids = np.asarray(tokenizer.tokenize([source]).to_tensor(PAD_ID), np.int32)
-    target_ids = np.concatenate(
-        [[[BOS_ID]], np.asarray(tokenizer.tokenize([target]).to_tensor(PAD_ID), np.int32)], 1)
+    source_ids = np.asarray(tokenizer.source_ids([source]))
+    target_ids = np.asarray(tokenizer.target_in_ids([target]))
     weights = np.asarray(model.attention_scores(source_ids, target_ids)[kind][layer])[0]
     source_tokens = tokenizer.pieces(source_ids[0])
     target_tokens = tokenizer.pieces(target_ids[0])

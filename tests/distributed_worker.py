@@ -1,7 +1,7 @@
 """Subprocess body for tests/test_distributed.py (TF devices must be set up before use).
 
-    python tests/distributed_worker.py mirrored OUT.npz
-    python tests/distributed_worker.py single OUT.npz
+    python tests/distributed_worker.py mirrored OUT.npz [untied]
+    python tests/distributed_worker.py single OUT.npz [untied]
     python tests/distributed_worker.py multi_worker OUT.npz INDEX PORT
 """
 
@@ -10,6 +10,8 @@ import os
 import sys
 
 mode, out = sys.argv[1], sys.argv[2]
+# "untied": separate source/target embeddings and output projection (other gradient paths).
+untied = mode != "multi_worker" and sys.argv[3:] == ["untied"]
 if mode == "multi_worker":
     index, port = int(sys.argv[3]), int(sys.argv[4])
     os.environ["TF_CONFIG"] = json.dumps({
@@ -38,7 +40,15 @@ if mode == "multi_worker":
     data = data.repeat(3)
 
 with strategy.scope():
-    model = kt.Transformer(kt.TransformerConfig.from_preset("tiny", vocab_size=20))
+    embeddings = (dict(share_embeddings=False, tie_embeddings=False, target_vocab_size=20)
+                  if untied else {})
+    model = kt.Transformer(kt.TransformerConfig.from_preset("tiny", vocab_size=20,
+                                                            **embeddings))
+    # The same start under every strategy: initializers run under a strategy scope draw
+    # from the global seed in another order (seen with the untied output projection).
+    start = np.random.default_rng(1)
+    model.set_weights([start.normal(0.0, 0.2, w.shape).astype(w.dtype)
+                       for w in model.get_weights()])
     initial = [w.copy() for w in model.get_weights()]
     model.compile(optimizer=keras.optimizers.SGD(1.0), loss=kt.losses.MaskedCrossEntropy())
 history = model.fit(data, epochs=1, verbose=0)

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from keras_transformer import decoding
+from keras_transformer.decoding_options import DecodingOptions
 from keras_transformer.tokenizer import SubwordTokenizer
 from keras_transformer.training import data
 
@@ -85,7 +86,8 @@ def test_growing_cache_segments_change_nothing(trained, monkeypatch, beam_size):
     def run(first_segment):
         monkeypatch.setattr(decoding, "FIRST_SEGMENT", first_segment)
         assert len(decoding._capacities(40)) == (2 if first_segment < 40 else 1)
-        return tf.function(lambda s: decoding.decode(model, s, 40, beam_size, 0.6, 40),
+        options = DecodingOptions(beam_size=beam_size, alpha=0.6, max_extra_length=40)
+        return tf.function(lambda s: decoding.decode(model, s, 40, options),
                            jit_compile=True)(source_ids)
 
     segmented_ids, segmented_scores = run(12)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
 
@@ -20,9 +21,10 @@ def _updates(path):
         return int(result["replicas"]), float(result["loss"]), updates
 
 
-def test_mirrored_step_equals_single_device_global_token_mean(tmp_path):
+@pytest.mark.parametrize("embeddings", ["tied", "untied"])
+def test_mirrored_step_equals_single_device_global_token_mean(tmp_path, embeddings):
     for mode in ("single", "mirrored"):
-        assert _run(mode, tmp_path / f"{mode}.npz").wait(timeout=300) == 0
+        assert _run(mode, tmp_path / f"{mode}.npz", embeddings).wait(timeout=300) == 0
     replicas, mirrored_loss, mirrored = _updates(tmp_path / "mirrored.npz")
     _, single_loss, single = _updates(tmp_path / "single.npz")
     assert replicas == 2
@@ -49,3 +51,42 @@ def test_multi_worker_fit_ends_with_identical_weights(tmp_path):
     assert max(np.abs(a).max() for a in w0) > 1e-3
     for a, b in zip(w0, w1):
         np.testing.assert_array_equal(a, b)
+
+
+def test_two_worker_train_writes_the_run_directory_once(tmp_path):
+    """`keras-transformer train` in two worker processes (TF_CONFIG) on one run directory:
+    the chief alone writes config, logs, history, checkpoints and the final models; the
+    other worker trains in step with it and exits without scoring or exporting."""
+    import json
+
+    import yaml
+
+    config = yaml.safe_load(open(os.path.join(os.path.dirname(WORKER), "..", "training",
+                                              "configs", "tiny.yaml"), encoding="utf-8"))
+    config["data"]["train_limit"] = 600
+    config["training"].update(strategy="multi_worker", epochs=2, checkpoint_every=4,
+                              backup_every=4)
+    path = tmp_path / "mw.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    run_dir, port = tmp_path / "run", _free_port()
+    cli = os.path.join(os.path.dirname(sys.executable), "keras-transformer")
+    workers = []
+    for index in (0, 1):
+        env = dict(os.environ, TF_CONFIG=json.dumps({
+            "cluster": {"worker": [f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"]},
+            "task": {"type": "worker", "index": index}}))
+        workers.append(subprocess.Popen(
+            [cli, "train", "--config", str(path), "--out", str(run_dir), "--verbose", "0",
+             "--no-evaluate", "--no-export"], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True))
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    assert "trained" in outputs[0] and "trained" not in outputs[1]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["num_workers"] == 2 and summary["chief"]
+    rows = (run_dir / "history.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + summary["epochs_this_run"]  # both workers appended, before
+    assert len(list((run_dir / "logs" / "train").glob("events.*"))) == 1
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints and len(checkpoints) == summary["steps"] // 4
+    assert (run_dir / "translator.keras").exists() and (run_dir / "model.keras").exists()

@@ -260,6 +260,14 @@ def test_the_message_says_what_is_expected():
                                                      "tokenizer", "vocab_size")
 
 
+def test_a_time_budget_cannot_bound_a_multi_worker_run():
+    message = _assert_names_key({"training": {"strategy": "multi_worker",
+                                              "time_budget_minutes": 30}},
+                                "training", "time_budget_minutes")
+    assert "max_steps" in message
+    parse_config({"training": {"strategy": "multi_worker", "max_steps": 100}})
+
+
 def test_good_values_still_load():
     config = parse_config({"training": {"mixed_precision": "auto", "jit_compile": True,
                                         "average_last": 0, "devices": 2},

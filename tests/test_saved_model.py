@@ -173,14 +173,14 @@ def test_cli_translate_imports_no_training_code_nor_sacrebleu(exported):
 
 def test_export_leaves_no_temporary_files(tiny_run, tmp_path):
     """The vocabulary and decoding.json are written to a temporary folder for the
-    SavedModel's assets; it goes away with the Translator (it used to stay in /tmp)."""
+    SavedModel's assets; it goes away with the ServingTranslator (it used to stay in /tmp)."""
     import gc
 
-    from keras_transformer.export.saved_model import Translator
+    from keras_transformer.export.saved_model import ServingTranslator
 
     model = keras.models.load_model(os.path.join(tiny_run, "model.keras"))
     tokenizer = SubwordTokenizer.load(os.path.join(tiny_run, "tokenizer.model"))
-    translator = Translator(model, tokenizer)
+    translator = ServingTranslator(model, tokenizer)
     folder = os.path.dirname(translator.vocabulary.asset_path.numpy().decode())
     assert sorted(os.listdir(folder)) == ["decoding.json", "tokenizer.model"]
     tf.saved_model.save(translator, str(tmp_path / "saved"),

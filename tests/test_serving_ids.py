@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from keras_transformer import cli
 from keras_transformer import tokenizer as project_tokenizer
+from keras_transformer.decoding_options import DecodingOptions
 from keras_transformer.export import serving_client
 from keras_transformer.export.saved_model import export_saved_model, exported_decoding
 from keras_transformer.tokenizer import SubwordTokenizer
@@ -91,8 +92,7 @@ def exports(tiny_run, tmp_path_factory):
     model = keras.models.load_model(os.path.join(tiny_run, "model.keras"))
     tokenizer = SubwordTokenizer.load(os.path.join(tiny_run, "tokenizer.model"))
     full_dir = str(root / "saved_model")
-    export_saved_model(model, tokenizer, full_dir, settings["beam_size"], settings["alpha"],
-                       settings["max_extra_length"])
+    export_saved_model(model, tokenizer, full_dir, DecodingOptions.from_dict(settings))
     sentences = multi30k_sentences()
     full = tf.saved_model.load(full_dir)
     # The ids the full SavedModel decodes for these sentences: its own tokenization,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_transformer.decoding_options import DecodingOptions
 from keras_transformer.export import litert
 from keras_transformer.export.tflite import EdgeStepper, EdgeTranslator, convert_tflite
 from keras_transformer.tokenizer import BOS_ID, EOS_ID, SubwordTokenizer
@@ -17,6 +18,8 @@ from keras_transformer.translation import TextTranslator
 
 MAX_OUTPUT = 48
 MAX_EXTRA = 16
+OPTIONS = DecodingOptions(beam_size=2, alpha=0.6, max_extra_length=MAX_EXTRA,
+                          max_output_length=MAX_OUTPUT)
 
 
 def first_test_sentences(count=12):
@@ -36,8 +39,7 @@ def run_parts(tiny_run):
 def edge_fp32(run_parts, tmp_path_factory):
     model, tokenizer = run_parts
     out = str(tmp_path_factory.mktemp("edge") / "model.tflite")
-    return convert_tflite(model, tokenizer, out, "none", beam_size=2,
-                          max_extra_length=MAX_EXTRA, max_output_length=MAX_OUTPUT)
+    return convert_tflite(model, tokenizer, out, "none", OPTIONS)
 
 
 def test_flatbuffers_hold_no_variables_and_only_builtin_or_tftext_ops(edge_fp32):
@@ -59,7 +61,7 @@ def test_litert_strings_equal_tensorflow_decoding(run_parts, edge_fp32):
     sentences = [s for s in first_test_sentences(16)
                  if len(tokenizer.tokenize([s])[0]) + MAX_EXTRA <= MAX_OUTPUT]
     assert len(sentences) >= 8
-    reference = TextTranslator(model, tokenizer, max_extra_length=MAX_EXTRA, jit_compile=False)
+    reference = TextTranslator(model, tokenizer, OPTIONS, jit_compile=False)
     for beam in (1, 2):
         ours = litert.litert_translator(edge_fp32[0], beam)(sentences)
         expected = reference.translate(sentences, beam, 0.6).numpy()
@@ -70,8 +72,7 @@ def test_litert_strings_equal_tensorflow_decoding(run_parts, edge_fp32):
 def test_litert_ids_equal_edge_module_in_tensorflow(run_parts, edge_fp32):
     model, tokenizer = run_parts
     ids = tokenizer.tokenize(first_test_sentences(6)).to_tensor().numpy()
-    module = EdgeTranslator(model, tokenizer, beam_size=2, max_extra_length=MAX_EXTRA,
-                            max_output_length=MAX_OUTPUT)
+    module = EdgeTranslator(model, tokenizer, OPTIONS)
     for beam, function in ((1, module.greedy_ids), (2, module.translate_ids)):
         got_ids, got_scores = litert.litert_ids(edge_fp32[0], ids, beam)
         want = function(tf.constant(ids))
@@ -110,8 +111,7 @@ def test_streaming_variant_steps_to_the_greedy_output(run_parts, edge_fp32):
 def test_quantized_models_are_smaller_and_translate(run_parts, edge_fp32, tmp_path, quantize):
     model, tokenizer = run_parts
     out = str(tmp_path / f"model.{quantize}.tflite")
-    path, _ = convert_tflite(model, tokenizer, out, quantize, beam_size=2,
-                             max_extra_length=MAX_EXTRA, max_output_length=MAX_OUTPUT)
+    path, _ = convert_tflite(model, tokenizer, out, quantize, OPTIONS)
     litert.check_operators(path)
     assert os.path.getsize(path) < os.path.getsize(edge_fp32[0])
     fp32_bytes = litert.buffer_bytes_by_type(edge_fp32[0])

@@ -7,6 +7,7 @@ from typing import ClassVar, Optional
 import yaml
 
 from keras_transformer.config import PRESETS, TransformerConfig, check_field_types
+from keras_transformer.decoding_options import DecodingOptions
 from keras_transformer.errors import UsageError
 
 SOURCES = ("multi30k", "text", "tfds")
@@ -143,6 +144,11 @@ class EvaluationConfig(_Validated):
     RULES: ClassVar[dict] = {"beam_size": at_least(1), "alpha": at_least(0),
                              "max_extra_length": at_least(0), "batch_size": at_least(1)}
 
+    def decoding_options(self, **changes):
+        """These settings as `DecodingOptions` (with `changes`, e.g. max_output_length)."""
+        return DecodingOptions(self.beam_size, self.alpha,
+                               self.max_extra_length).replace(**changes)
+
 
 @dataclasses.dataclass
 class RunConfig:
@@ -163,24 +169,25 @@ SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig, "training": Traini
             "evaluation": EvaluationConfig}
 
 
-def _section(cls, values, where, section):
-    """A `cls` from a mapping; errors name `where: section.key`."""
+def _section(cls, values, where, section, make=None, also_known=()):
+    """A `cls` made by `make(**values)` (default: `cls`) from a mapping; errors name
+    `where: section.key`."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: {section}: expected a mapping of keys, got {values!r}")
     known = {f.name for f in dataclasses.fields(cls)}
     for key in values:
         if key not in known:
             raise ConfigError(f"{where}: {section}: unknown key {key!r} "
-                              f"(known: {', '.join(sorted(known))})")
+                              f"(known: {', '.join([*also_known, *sorted(known)])})")
     try:
-        return cls(**values)
+        return (make or cls)(**values)
     except (TypeError, ValueError) as e:
         # The dataclass checks raise messages that start with the field name.
         raise ConfigError(f"{where}: {section}.{e}") from None
 
 
 def _model_config(values, vocab_size, where):
-    """The TransformerConfig of the `model` section (a preset plus overrides)."""
+    """(preset, TransformerConfig) of the `model` section (a preset plus overrides)."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: model: expected a mapping of keys, got {values!r}")
     model = dict(values)
@@ -188,15 +195,11 @@ def _model_config(values, vocab_size, where):
     if preset not in PRESETS:
         raise ConfigError(f"{where}: model.preset must be one of {', '.join(PRESETS)}, "
                           f"got {preset!r}")
-    known = {f.name for f in dataclasses.fields(TransformerConfig)}
-    for key in model:
-        if key not in known:
-            raise ConfigError(f"{where}: model: unknown key {key!r} "
-                              f"(known: preset, {', '.join(sorted(known))})")
-    try:
-        return preset, TransformerConfig.from_preset(preset, **{"vocab_size": vocab_size, **model})
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: model.{e}") from None
+
+    def make(**overrides):
+        return TransformerConfig.from_preset(preset, **{"vocab_size": vocab_size, **overrides})
+
+    return preset, _section(TransformerConfig, model, where, "model", make, ("preset",))
 
 
 def parse_config(values, where="config"):
@@ -208,6 +211,13 @@ def parse_config(values, where="config"):
     # Sections first: the model's vocabulary comes from a validated tokenizer section.
     sections = {name: _section(cls, values.get(name) or {}, where, name)
                 for name, cls in SECTIONS.items()}
+    training = sections["training"]
+    if training.strategy == "multi_worker" and training.time_budget_minutes:
+        # Each worker would stop by its own clock, at a different step, and the others
+        # would wait for it in their next all-reduce.
+        raise ConfigError(f"{where}: training.time_budget_minutes cannot bound a "
+                          f"multi_worker run (workers would stop at different steps); "
+                          f"set training.max_steps")
     preset, model_config = _model_config(values.get("model") or {},
                                          sections["tokenizer"].vocab_size, where)
     return RunConfig(model=model_config, model_preset=preset, **sections)

@@ -140,7 +140,7 @@ def evaluate_run(run_dir, split="test", beam_size=None, lowercase=None, limit=No
 
 def _run_translator(run_dir, beam_size, evaluation, checkpoint=None):
     _, model, tokenizer = load_run(run_dir, checkpoint)
-    translator = TextTranslator(model, tokenizer, max_extra_length=evaluation.max_extra_length)
+    translator = TextTranslator(model, tokenizer, evaluation.decoding_options())
 
     def translate(batch):
         return translator.translate(batch, beam_size, evaluation.alpha).numpy()

@@ -9,8 +9,12 @@ A run directory holds everything needed to resume, evaluate and export:
     logs/              TensorBoard
     history.csv        per-epoch loss / accuracy (train and validation)
     model.keras        the final model (the average of the last checkpoints, §6.1)
+    translator.keras   the same weights with the vocabulary and decoding options
     learning_curve.png loss and accuracy per epoch (matplotlib)
     summary.json       steps, wall time, final metrics
+
+In a multi-worker run only the chief writes the run directory; every worker restores from
+its backup (the weights are the same on all of them) and logs nowhere else.
 """
 
 import json
@@ -33,6 +37,7 @@ from keras_transformer.training.plot import plot_history
 from keras_transformer.training.precision import resolve_precision
 from keras_transformer.training.progress import EpochClock, StepLimit, TimeBudget, TrainingPlan
 from keras_transformer.training.strategy import make_strategy
+from keras_transformer.translator import Translator
 
 
 def load_or_train_tokenizer(config, run_dir, is_chief=True, wait_seconds=1800):
@@ -79,13 +84,17 @@ def build_model(config, tokenizer, strategy):
     return model
 
 
-def callbacks(config, run_dir):
+def callbacks(config, run_dir, chief=True):
+    """The run's callbacks; a worker other than the chief only restores the backup."""
     training = config.training
+    backup = os.path.join(run_dir, "backup")
+    if not chief:
+        return [RestoreOnly(backup, double_checkpoint=True, delete_checkpoint=False),
+                keras.callbacks.TerminateOnNaN()]
     return [
         # double_checkpoint keeps the previous backup: a kill in the middle of writing
         # the latest one (a corrupt .h5) falls back to it instead of failing to resume.
-        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup"),
-                                         save_freq=training.backup_every,
+        keras.callbacks.BackupAndRestore(backup, save_freq=training.backup_every,
                                          double_checkpoint=True),
         keras.callbacks.ModelCheckpoint(
             os.path.join(run_dir, "checkpoints", "ckpt-e{epoch:03d}-b{batch:06d}.weights.h5"),
@@ -97,17 +106,30 @@ def callbacks(config, run_dir):
     ]
 
 
+class RestoreOnly(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore for a worker other than the chief: it resumes from the chief's
+    backup (all workers hold the same weights) and never writes or deletes it."""
+
+    def _save_model(self):
+        pass
+
+
 def train(config, run_dir, verbose="auto"):
-    """Train according to `config` into `run_dir` (resuming if it holds a backup)."""
-    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
-    save_config(config, os.path.join(run_dir, "config.yaml"))
+    """Train according to `config` into `run_dir` (resuming if it holds a backup).
+
+    Returns `(model, tokenizer, summary)`; `summary["chief"]` is False on the other
+    workers of a multi-worker run, which write nothing to `run_dir`.
+    """
     strategy = make_strategy(config.training.strategy, config.training.devices)
     keras.utils.set_random_seed(config.training.seed)
-
     # The train split streams from its files (never a Python list); each worker of a
     # multi-worker run reads its own part of it (training/data.py, stream_pairs).
     num_workers, worker_index = worker_shard(strategy)
-    tokenizer = load_or_train_tokenizer(config, run_dir, is_chief=worker_index == 0)
+    chief = worker_index == 0
+    if chief:
+        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+        save_config(config, os.path.join(run_dir, "config.yaml"))
+    tokenizer = load_or_train_tokenizer(config, run_dir, is_chief=chief)
     batches = {"tokenizer": tokenizer, "batch_tokens": config.training.batch_tokens,
                "max_length": config.data.max_length}
     steps_per_epoch, tokens_per_epoch, epochs = _epochs(config, batches, num_workers)
@@ -132,11 +154,20 @@ def train(config, run_dir, verbose="auto"):
     started = time.time()
     history = model.fit(train_data, validation_data=valid_data, epochs=epochs,
                         steps_per_epoch=steps_per_epoch, shuffle=False,
-                        callbacks=[*extra, *callbacks(config, run_dir)], verbose=verbose)
+                        callbacks=[*extra, *callbacks(config, run_dir, chief)],
+                        verbose=verbose if chief else 0)
     train_seconds = time.time() - started
 
     # Read before averaging: loading a checkpoint also restores its optimizer step.
     steps = int(model.optimizer.iterations.numpy())
+    if num_workers > 1:
+        if not chief:
+            return model, tokenizer, {"chief": False, "steps": steps}
+        # Averaging validates the model, a collective under MultiWorkerMirroredStrategy
+        # that the other workers no longer join: the chief finishes on a local copy.
+        weights, model = model.get_weights(), build_model(config, tokenizer,
+                                                          make_strategy("default"))
+        model.set_weights(weights)
     checkpoints = list_checkpoints(os.path.join(run_dir, "checkpoints"))
     averaged = checkpoints[-config.training.average_last:] if config.training.average_last else []
     if len(averaged) > 1:
@@ -145,8 +176,13 @@ def train(config, run_dir, verbose="auto"):
         if not _no_worse(model, valid_data, final_weights):
             averaged = []
     model.save(os.path.join(run_dir, "model.keras"))
+    # The text-level model: weights, vocabulary and decoding options in one file.
+    Translator.from_trained(model, tokenizer, config.evaluation.decoding_options()).save(
+        os.path.join(run_dir, "translator.keras"))
     plot_history(run_dir)
     summary = {
+        "chief": True,
+        "num_workers": num_workers,
         "steps": steps,
         "steps_per_epoch": steps_per_epoch,
         "target_tokens_per_epoch": tokens_per_epoch,

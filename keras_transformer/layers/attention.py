@@ -56,7 +56,7 @@ class MultiHeadAttention(keras.layers.Layer):
     Example:
     >>> mha = MultiHeadAttention(num_heads=2, key_dim=8)
     >>> x = keras.random.normal((3, 5, 16))
-    >>> mha(x, x, use_causal_mask=True).shape
+    >>> tuple(mha(x, x, use_causal_mask=True).shape)
     (3, 5, 16)
     """
 

@@ -21,7 +21,7 @@ class DecoderLayer(_ResidualLayer):
     Example:
     >>> layer = DecoderLayer(num_heads=2, d_ff=32)
     >>> x, memory = keras.ops.ones((2, 4, 16)), keras.ops.ones((2, 6, 16))
-    >>> layer(x, memory).shape
+    >>> tuple(layer(x, memory).shape)
     (2, 4, 16)
     """
 
@@ -119,7 +119,7 @@ class TransformerDecoder(_Stack):
     Example:
     >>> decoder = TransformerDecoder(num_layers=2, num_heads=2, d_ff=32)
     >>> x, memory = keras.ops.ones((2, 4, 16)), keras.ops.ones((2, 6, 16))
-    >>> decoder(x, memory).shape
+    >>> tuple(decoder(x, memory).shape)
     (2, 4, 16)
     """
 

@@ -23,7 +23,7 @@ class TokenEmbedding(keras.layers.Layer):
     Example:
     >>> embed = TokenEmbedding(vocab_size=100, d_model=16)
     >>> ids = keras.ops.convert_to_tensor([[5, 7, 0]])
-    >>> embed(ids).shape, embed.project(embed(ids)).shape
+    >>> tuple(embed(ids).shape), tuple(embed.project(embed(ids)).shape)
     ((1, 3, 16), (1, 3, 100))
     """
 

@@ -73,7 +73,7 @@ class EncoderLayer(_ResidualLayer):
 
     Example:
     >>> layer = EncoderLayer(num_heads=2, d_ff=32)
-    >>> layer(keras.ops.ones((2, 5, 16))).shape
+    >>> tuple(layer(keras.ops.ones((2, 5, 16))).shape)
     (2, 5, 16)
     """
 
@@ -150,7 +150,7 @@ class TransformerEncoder(_Stack):
 
     Example:
     >>> encoder = TransformerEncoder(num_layers=2, num_heads=2, d_ff=32)
-    >>> encoder(keras.ops.ones((2, 5, 16))).shape
+    >>> tuple(encoder(keras.ops.ones((2, 5, 16))).shape)
     (2, 5, 16)
     """
 

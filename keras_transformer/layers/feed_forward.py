@@ -16,7 +16,7 @@ class PositionwiseFeedForward(keras.layers.Layer):
 
     Example:
     >>> ffn = PositionwiseFeedForward(d_ff=64)
-    >>> ffn(keras.ops.ones((2, 7, 16))).shape
+    >>> tuple(ffn(keras.ops.ones((2, 7, 16))).shape)
     (2, 7, 16)
     """
 

@@ -28,7 +28,7 @@ class SinusoidalPositionalEncoding(keras.layers.Layer):
 
     Example:
     >>> pe = SinusoidalPositionalEncoding()
-    >>> pe(keras.ops.zeros((1, 4, 8))).shape
+    >>> tuple(pe(keras.ops.zeros((1, 4, 8))).shape)
     (1, 4, 8)
     """
 

@@ -1,0 +1,121 @@
+"""The text-level Keras model: one `.keras` file with the vocabulary, strings in and out."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import keras
+import pytest
+import tensorflow as tf
+
+import keras_transformer as kt
+from keras_transformer import cli
+from keras_transformer.decoding_options import DecodingOptions
+from keras_transformer.errors import UsageError
+from keras_transformer.export.saved_model import saved_model_translator
+from keras_transformer.training import load_config
+from keras_transformer.translation import TextTranslator
+from keras_transformer.translator import Translator, Vocabulary, load_translator
+
+SENTENCES = ["A man in a blue shirt is standing on a ladder.", "Two dogs play in the snow.",
+             "", "A woman reads a book."]
+
+# A fresh process that has only the .keras file: no run directory, no vocabulary file.
+FRESH_PROCESS = """
+import json, sys
+import keras_transformer
+import keras
+translator = keras.saving.load_model(sys.argv[1], safe_mode=True)
+print(json.dumps({"options": translator.options.to_dict(),
+                  "default": translator.translate(sys.argv[2:]),
+                  "greedy": translator.generate(sys.argv[2:], beam_size=1)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def run_translator(tiny_run):
+    return load_translator(os.path.join(tiny_run, "translator.keras"))
+
+
+def test_train_writes_a_translator_with_the_run_options(tiny_run, run_translator):
+    config = load_config(os.path.join(tiny_run, "config.yaml"))
+    assert run_translator.options == config.evaluation.decoding_options()
+    with zipfile.ZipFile(os.path.join(tiny_run, "translator.keras")) as archive:
+        names = archive.namelist()
+    assert any(name.endswith("tokenizer.model") for name in names), names
+    assert not any("optimizer" in name for name in names), names  # weights only
+
+
+def test_translations_equal_the_run_model_and_its_saved_model(tiny_run, run_translator):
+    model = keras.models.load_model(os.path.join(tiny_run, "model.keras"))
+    reference = TextTranslator(model, run_translator.vocabulary.tokenizer,
+                               run_translator.options)
+    beam = run_translator.options.beam_size
+    expected = [t.decode() for t in reference.translate(SENTENCES, beam).numpy()]
+    assert run_translator.translate(SENTENCES) == expected
+    assert any(expected) and expected[2] == ""
+    greedy = saved_model_translator(os.path.join(tiny_run, "saved_model"), 1)(SENTENCES)
+    assert run_translator.translate(SENTENCES, beam_size=1) == [t.decode() for t in greedy]
+    assert run_translator.translate(SENTENCES[0], beam_size=1) == greedy[0].decode()
+
+
+def test_keras_file_alone_translates_in_a_fresh_process(tiny_run, run_translator, tmp_path):
+    alone = tmp_path / "somewhere" / "translator.keras"
+    alone.parent.mkdir()
+    shutil.copy(os.path.join(tiny_run, "translator.keras"), alone)
+    result = subprocess.run([sys.executable, "-I", "-c", FRESH_PROCESS, str(alone), *SENTENCES],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout)
+    assert out["options"] == run_translator.options.to_dict()
+    assert out["default"] == run_translator.translate(SENTENCES)
+    assert out["greedy"] == run_translator.translate(SENTENCES, beam_size=1)
+
+
+def test_saved_options_and_a_new_vocabulary_round_trip(tmp_path):
+    vocabulary = Vocabulary.train(["a dog runs in the park", "ein Hund rennt im Park"] * 40,
+                                  vocab_size=30)
+    config = kt.TransformerConfig.from_preset("tiny", vocab_size=vocabulary.vocab_size,
+                                              d_model=16, d_ff=32, num_heads=2)
+    options = DecodingOptions(beam_size=3, alpha=0.2, max_extra_length=5)
+    translator = Translator(kt.Transformer(config), vocabulary, options)
+    translator.save(tmp_path / "t.keras")
+    loaded = keras.saving.load_model(tmp_path / "t.keras")
+    assert isinstance(loaded, Translator) and loaded.options == options
+    assert loaded.vocabulary.tokenizer.model_proto == vocabulary.tokenizer.model_proto
+    for a, b in zip(loaded.get_weights(), translator.get_weights(), strict=True):
+        assert (a == b).all()
+    assert loaded.translate(["a dog runs"]) == translator.translate(["a dog runs"])
+    # max_extra_length 5 bounds every output: at most 3 source pieces + 5 tokens.
+    ids = loaded.vocabulary.tokenizer.tokenize(loaded.translate(["a dog runs"]))
+    assert ids.row_lengths().numpy().max() <= len(vocabulary(tf.constant(["a dog runs"]))[0]) + 5
+
+
+def test_bad_input_is_one_clear_error(tmp_path, tiny_run):
+    with pytest.raises(ValueError, match="holds no SentencePiece model"):
+        Vocabulary().vocab_size
+    with pytest.raises(ValueError, match="beam_size must be an integer >= 1"):
+        DecodingOptions(beam_size=2).replace(beam_size=0)
+    model = keras.models.load_model(os.path.join(tiny_run, "model.keras"))
+    model.save(tmp_path / "model.keras")
+    with pytest.raises(UsageError, match="not a Translator"):
+        load_translator(str(tmp_path / "model.keras"))
+
+
+def test_command_line_takes_the_keras_file(tiny_run, run_translator, tmp_path, capsys):
+    path = os.path.join(tiny_run, "translator.keras")
+    assert cli.main(["translate", "--model", path, "--beam", "3", *SENTENCES[:2]]) == 0
+    assert capsys.readouterr().out.splitlines() == run_translator.translate(SENTENCES[:2], 3)
+
+    png = tmp_path / "cross.png"
+    assert cli.main(["attention", "--model", path, "--out", str(png), SENTENCES[0]]) == 0
+    assert png.stat().st_size > 10_000
+
+    out = tmp_path / "exported"
+    assert cli.main(["export", "--model", path, "--out", str(out)]) == 0
+    exported = saved_model_translator(str(out))
+    assert exported.beam_size == run_translator.options.beam_size
+    assert [t.decode() for t in exported(SENTENCES)] == run_translator.translate(SENTENCES)
