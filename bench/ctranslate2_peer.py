@@ -408,7 +408,7 @@ def _tiny_tokenizer(vocab_size=300, lines=400):
     import gzip
 
     from keras_transformer.tokenizer import SubwordTokenizer
-    from keras_transformer.training.data import multi30k_paths
+    from keras_transformer.training.streaming import multi30k_paths
 
     text = []
     for path in multi30k_paths("train", "en", "de"):  # the copy shipped with the package

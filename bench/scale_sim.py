@@ -49,7 +49,7 @@ def generate(work, pairs, shards, seed):
     """Write the simulated corpus (once) and return its (source glob, target glob)."""
     import numpy as np
 
-    from keras_transformer.training.data import multi30k_paths, read_parallel
+    from keras_transformer.training.streaming import multi30k_paths, read_parallel
 
     directory = os.path.join(work, f"pairs{pairs}_shards{shards}_seed{seed}")
     source_glob = os.path.join(directory, "train.*.en.gz")
@@ -94,7 +94,7 @@ def _text_config(args):
 def child_idle(args):
     import tensorflow  # noqa: F401
 
-    from keras_transformer.training import corpus, data  # noqa: F401
+    from keras_transformer.training import corpus, data, streaming  # noqa: F401
 
     return {"peak_rss_mb": _peak_rss_mb()}
 

@@ -123,7 +123,7 @@ def synthetic_tokenizer(run_dir, smoke, vocab=8000):
         return ct2._tiny_tokenizer()[0]
     import gzip
 
-    from keras_transformer.training.data import multi30k_paths
+    from keras_transformer.training.streaming import multi30k_paths
 
     text = []
     for path in multi30k_paths("train", "en", "de"):

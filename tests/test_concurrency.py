@@ -11,7 +11,7 @@ import pytest
 from keras_transformer.export.litert import litert_translator
 from keras_transformer.export.saved_model import saved_model_translator
 from keras_transformer.tokenizer import SubwordTokenizer
-from keras_transformer.training.data import multi30k_paths
+from keras_transformer.training.streaming import multi30k_paths
 from keras_transformer.translation import TextTranslator
 
 THREADS, REQUESTS = 8, 25

@@ -8,7 +8,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from keras_transformer.tokenizer import BOS_ID, EOS_ID, UNK_ID, SubwordTokenizer
-from keras_transformer.training import corpus, data
+from keras_transformer.training import corpus, data, streaming
 from keras_transformer.training.config import ConfigError, load_config, parse_config
 
 CONFIGS = "training/configs"
@@ -16,7 +16,8 @@ CONFIGS = "training/configs"
 
 @pytest.fixture(scope="module")
 def multi30k_sample():
-    return [lines[:3000] for lines in data.read_parallel(*data.multi30k_paths("train", "en", "de"))]
+    paths = streaming.multi30k_paths("train", "en", "de")
+    return [lines[:3000] for lines in streaming.read_parallel(*paths)]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def tokenizer(multi30k_sample):
 def test_shipped_multi30k_is_complete():
     for split, size in (("train", 29000), ("val", 1014), ("test_2016_flickr", 1000)):
         for pair in (("en", "de"), ("en", "fr")):
-            source, target = data.read_parallel(*data.multi30k_paths(split, *pair))
+            source, target = streaming.read_parallel(*streaming.multi30k_paths(split, *pair))
             assert len(source) == len(target) == size
 
 
@@ -63,8 +64,8 @@ def test_bad_files_give_one_line_errors(tmp_path, content, message):
     path = tmp_path / "corpus.txt"
     if content is not None:
         path.write_bytes(content)
-    with pytest.raises(data.DataError, match=message) as error:
-        data.read_lines(str(path))
+    with pytest.raises(streaming.DataError, match=message) as error:
+        streaming.read_lines(str(path))
     assert str(path) in str(error.value) and "\n" not in str(error.value)
 
 
@@ -72,12 +73,12 @@ def test_unequal_parallel_files(tmp_path):
     (tmp_path / "a.txt").write_text("one\ntwo\n")
     with gzip.open(tmp_path / "b.txt.gz", "wt") as f:
         f.write("eins\n")
-    with pytest.raises(data.DataError, match="has 2 lines but .*b.txt.gz has 1"):
-        data.read_parallel(str(tmp_path / "a.txt"), str(tmp_path / "b.txt.gz"))
+    with pytest.raises(streaming.DataError, match="has 2 lines but .*b.txt.gz has 1"):
+        streaming.read_parallel(str(tmp_path / "a.txt"), str(tmp_path / "b.txt.gz"))
 
 
 def test_batches_respect_budget_and_teacher_forcing(tokenizer, multi30k_sample):
-    pairs = data.text_pairs(*multi30k_sample)
+    pairs = streaming.text_pairs(*multi30k_sample)
     batches = data.make_batches(pairs, tokenizer, batch_tokens=1024, max_length=40,
                                 shuffle_buffer=1000, seed=0)
     seen = 0
@@ -104,14 +105,14 @@ def test_tfds_source_goes_through_tfds_load():
         config = parse_config({"data": {"source": "tfds", "tfds_name": "ted_hrlr_translate/pt_to_en",
                                         "source_lang": "en", "target_lang": "pt"}})
         source, target = corpus.split_lines(config.data, "train")
-        with pytest.raises(data.DataError, match="languages"):
-            data.tfds_pairs("ted_hrlr_translate/pt_to_en", "train", "en", "fr")
+        with pytest.raises(streaming.DataError, match="languages"):
+            streaming.tfds_pairs("ted_hrlr_translate/pt_to_en", "train", "en", "fr")
     assert source == sentences["en"] and target == sentences["pt"]
 
 
 def test_tfds_without_download_stops_at_the_download_boundary(tmp_path):
     with pytest.raises(Exception, match="(?i)download|not found|does not exist"):
-        data.tfds_pairs("ted_hrlr_translate/pt_to_en", "train", "pt", "en",
+        streaming.tfds_pairs("ted_hrlr_translate/pt_to_en", "train", "pt", "en",
                         data_dir=str(tmp_path), download=False)
 
 

@@ -10,14 +10,14 @@ import tensorflow as tf
 from keras_transformer import decoding
 from keras_transformer.decoding_options import DecodingOptions
 from keras_transformer.tokenizer import SubwordTokenizer
-from keras_transformer.training import data
+from keras_transformer.training import streaming
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_run):
     model = keras.models.load_model(os.path.join(tiny_run, "model.keras"))
     tokenizer = SubwordTokenizer.load(os.path.join(tiny_run, "tokenizer.model"))
-    sources, _ = data.read_parallel(*data.multi30k_paths("test_2016_flickr", "en", "de"))
+    sources, _ = streaming.read_parallel(*streaming.multi30k_paths("test_2016_flickr", "en", "de"))
     source_ids = tokenizer.tokenize(sources[:12]).to_tensor()
     return model, source_ids
 

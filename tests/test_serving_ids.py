@@ -18,7 +18,7 @@ from keras_transformer.decoding_options import DecodingOptions
 from keras_transformer.export import serving_client
 from keras_transformer.export.saved_model import export_saved_model, exported_decoding
 from keras_transformer.tokenizer import SubwordTokenizer
-from keras_transformer.training.data import multi30k_paths
+from keras_transformer.training.streaming import multi30k_paths
 from keras_transformer.translation import TextTranslator
 
 # Runs in `python -I` where neither tensorflow_text nor this project can be imported, as

@@ -11,7 +11,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from keras_transformer.tokenizer import SubwordTokenizer
-from keras_transformer.training import corpus, data
+from keras_transformer.training import corpus, data, streaming
 from keras_transformer.training.config import ConfigError, parse_config
 
 SHARDS, LINES = 4, 50
@@ -25,7 +25,7 @@ def _write(path, lines, compress=True):
 
 @pytest.fixture(scope="module")
 def multi30k():
-    source, target = data.read_parallel(*data.multi30k_paths("train", "en", "de"))
+    source, target = streaming.read_parallel(*streaming.multi30k_paths("train", "en", "de"))
     return source[: SHARDS * LINES], target[: SHARDS * LINES]
 
 
@@ -65,12 +65,12 @@ def test_every_pair_arrives_once_per_epoch_and_aligned(shards, multi30k):
 
 
 def test_shards_pair_by_sorted_glob(shards, tmp_path):
-    pairs = data.shard_pairs(*shards)
+    pairs = streaming.shard_pairs(*shards)
     assert [(os.path.basename(s), os.path.basename(t)) for s, t in pairs] == [
         (f"train.{j}.en.gz", f"train.{j}.de.gz") for j in range(SHARDS)]
     os.remove(tmp_path / "train.3.de.gz")
-    with pytest.raises(data.DataError) as error:
-        data.shard_pairs(*shards)
+    with pytest.raises(streaming.DataError) as error:
+        streaming.shard_pairs(*shards)
     message = str(error.value)
     assert shards[0] in message and shards[1] in message and "\n" not in message
     assert "names 4 files" in message and "names 3" in message
@@ -83,7 +83,7 @@ def test_missing_empty_and_unmatched_files_are_named_eagerly(tmp_path):
              (str(tmp_path / "empty.de.gz"), "the file is empty"),
              (str(tmp_path / "none.*.de.gz"), "no file matches")]
     for target, message in cases:
-        with pytest.raises(data.DataError, match=message) as error:
+        with pytest.raises(streaming.DataError, match=message) as error:
             corpus.split_pairs(_text_config(str(tmp_path / "a.en.gz"), target), "train")
         assert target in str(error.value)
 
@@ -99,8 +99,8 @@ def test_seeded_shuffle_is_deterministic(shards):
     two = order(1, passes=2)
     assert two[: SHARDS * LINES] == order(1)
     assert two[: SHARDS * LINES] != two[SHARDS * LINES:]  # reshuffled every pass
-    sorted_order = [pair for source, target in data.shard_pairs(*shards)
-                    for pair in zip(*data.read_parallel(source, target))]
+    sorted_order = [pair for source, target in streaming.shard_pairs(*shards)
+                    for pair in zip(*streaming.read_parallel(source, target))]
     assert order(None) == sorted_order
 
 
@@ -132,18 +132,19 @@ def test_two_workers_read_disjoint_parts_that_cover_the_corpus(shards, tmp_path,
 
 def test_input_pipeline_of_each_task():
     cluster = {"chief": ["h:1"], "worker": ["h:2", "h:3"]}
-    assert data.input_pipeline(cluster, "chief", 0) == (3, 0)
-    assert data.input_pipeline(cluster, "worker", 1) == (3, 2)
-    assert data.input_pipeline({"worker": ["h:2", "h:3"]}, "worker", 1) == (2, 1)
-    assert data.input_pipeline({"worker": ["h:2"]}, "worker", 0) == (1, 0)
-    assert data.worker_shard() == (1, 0)  # no strategy: one pipeline
+    assert streaming.input_pipeline(cluster, "chief", 0) == (3, 0)
+    assert streaming.input_pipeline(cluster, "worker", 1) == (3, 2)
+    assert streaming.input_pipeline({"worker": ["h:2", "h:3"]}, "worker", 1) == (2, 1)
+    assert streaming.input_pipeline({"worker": ["h:2"]}, "worker", 0) == (1, 0)
+    assert streaming.worker_shard() == (1, 0)  # no strategy: one pipeline
+    assert data.worker_shard is streaming.worker_shard  # train.py imports it from data
 
 
 def test_a_line_count_mismatch_is_a_clear_error(shards, tmp_path, multi30k):
     _write(tmp_path / "train.2.de.gz", multi30k[1][2 * LINES: 3 * LINES - 1])  # 49 lines
     dataset = corpus.split_pairs(_text_config(*shards), "train")
-    with pytest.raises(data.DataError) as error:
-        with data.data_errors():
+    with pytest.raises(streaming.DataError) as error:
+        with streaming.data_errors():
             for _ in dataset:
                 pass
     message = str(error.value)
@@ -152,7 +153,7 @@ def test_a_line_count_mismatch_is_a_clear_error(shards, tmp_path, multi30k):
                        "aligned line by line")
     # The counting pass before training runs the same checks.
     tokenizer = SubwordTokenizer.train(multi30k[0] + multi30k[1], vocab_size=300)
-    with pytest.raises(data.DataError, match="ends after line 49"):
+    with pytest.raises(streaming.DataError, match="ends after line 49"):
         data.epoch_size(data.make_batches(dataset, tokenizer, batch_tokens=512))
 
 
@@ -164,8 +165,8 @@ def test_bad_utf8_in_a_stream_names_file_and_line(tmp_path):
     _write(tmp_path / "a.de.gz", [f"Zeile {i}" for i in range(700)])
     dataset = corpus.split_pairs(_text_config(str(tmp_path / "a.en.gz"),
                                               str(tmp_path / "a.de.gz")), "train")
-    with pytest.raises(data.DataError, match=r"a\.en\.gz:600: not valid UTF-8$"):
-        list(data.iterate_strings(dataset.map(lambda s, t: s)))
+    with pytest.raises(streaming.DataError, match=r"a\.en\.gz:600: not valid UTF-8$"):
+        list(streaming.iterate_strings(dataset.map(lambda s, t: s)))
 
 
 def test_make_batches_on_the_stream(shards, multi30k):
@@ -188,8 +189,8 @@ def test_train_split_is_never_listed(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the train split was read into Python lists")
 
-    monkeypatch.setattr(data, "read_lines", refuse)
-    monkeypatch.setattr(data, "read_parallel", refuse)
+    monkeypatch.setattr(streaming, "read_lines", refuse)
+    monkeypatch.setattr(streaming, "read_parallel", refuse)
     config = parse_config({"data": {"source": "multi30k"}}).data
     dataset = corpus.split_pairs(config, "train", seed=0)
     assert len(dataset._as_serialized_graph().numpy()) < 100_000

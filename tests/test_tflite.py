@@ -13,7 +13,7 @@ from keras_transformer.decoding_options import DecodingOptions
 from keras_transformer.export import litert
 from keras_transformer.export.tflite import EdgeStepper, EdgeTranslator, convert_tflite
 from keras_transformer.tokenizer import BOS_ID, EOS_ID, SubwordTokenizer
-from keras_transformer.training.data import multi30k_paths
+from keras_transformer.training.streaming import multi30k_paths
 from keras_transformer.translation import TextTranslator
 
 MAX_OUTPUT = 48

@@ -1,7 +1,8 @@
 """Which sentences a run configuration names: Multi30k, plain-text files or TFDS.
 
 - `split_pairs`: any split as a streamed `tf.data.Dataset` of `(source, target)` strings
-  (text files and Multi30k through `data.stream_pairs`, TFDS through `data.tfds_pairs`).
+  (text files and Multi30k through `streaming.stream_pairs`, TFDS through
+  `streaming.tfds_pairs`).
   Training reads the train split only this way, so no training corpus is ever held in
   Python or in a dataset graph, whatever its size; this is also where the train split is
   shuffled by shard and split between workers.
@@ -13,7 +14,7 @@
 
 import tensorflow as tf
 
-from keras_transformer.training import data
+from keras_transformer.training import streaming
 
 SPLITS = ("train", "valid", "test")
 _MULTI30K_SPLIT = {"train": "train", "valid": "val", "test": "test_2016_flickr"}
@@ -30,37 +31,39 @@ def _check_split(split):
 def _text_paths(config, split):
     source, target = getattr(config, f"{split}_source"), getattr(config, f"{split}_target")
     if not source or not target:
-        raise data.DataError(f"data.source is 'text' but data.{split}_source / "
-                             f"data.{split}_target are not both set")
+        raise streaming.DataError(f"data.source is 'text' but data.{split}_source / "
+                                  f"data.{split}_target are not both set")
     return source, target
 
 
 def _check_source(config):
     if config.source not in ("multi30k", "text", "tfds"):
-        raise data.DataError(f"data.source must be multi30k, text or tfds, not {config.source!r}")
+        raise streaming.DataError(
+            f"data.source must be multi30k, text or tfds, not {config.source!r}")
     if config.source == "tfds" and not config.tfds_name:
-        raise data.DataError("data.source is 'tfds' but data.tfds_name is not set")
+        raise streaming.DataError("data.source is 'tfds' but data.tfds_name is not set")
 
 
 def split_shards(config, split):
     """`[(source_file, target_file), ...]` of a text or Multi30k split: the files or the
     shards the globs in `data.{split}_source` / `data.{split}_target` name, checked to
-    exist and not be empty (`data.shard_pairs`)."""
+    exist and not be empty (`streaming.shard_pairs`)."""
     _check_split(split)
     _check_source(config)
     if config.source == "multi30k":
-        paths = data.multi30k_paths(_MULTI30K_SPLIT[split], config.source_lang, config.target_lang)
+        paths = streaming.multi30k_paths(_MULTI30K_SPLIT[split], config.source_lang,
+                                         config.target_lang)
     elif config.source == "text":
         paths = _text_paths(config, split)
     else:
-        raise data.DataError("data.source is 'tfds': its splits are TFDS datasets, not files")
-    return data.shard_pairs(*paths)
+        raise streaming.DataError("data.source is 'tfds': its splits are TFDS datasets, not files")
+    return streaming.shard_pairs(*paths)
 
 
 def _tfds(config, split, **kwargs):
-    return data.tfds_pairs(config.tfds_name, getattr(config, f"{split}_split"),
-                           config.source_lang, config.target_lang, config.tfds_data_dir,
-                           **kwargs)
+    return streaming.tfds_pairs(config.tfds_name, getattr(config, f"{split}_split"),
+                                config.source_lang, config.target_lang, config.tfds_data_dir,
+                                **kwargs)
 
 
 def split_lines(config, split):
@@ -82,7 +85,7 @@ def split_lines(config, split):
         return source, target
     source, target = [], []
     for source_path, target_path in split_shards(config, split):
-        more_source, more_target = data.read_parallel(source_path, target_path)
+        more_source, more_target = streaming.read_parallel(source_path, target_path)
         source += more_source
         target += more_target
     if split == "train" and config.train_limit:
@@ -95,9 +98,10 @@ def split_pairs(config, split, seed=None, num_workers=1, worker_index=0) -> tf.d
 
     `seed` shuffles the order of the shard files, afresh every pass (None: sorted
     order); `num_workers` / `worker_index` select this worker's part (see
-    `data.stream_pairs` for text files — FILE sharding when there are at least as many
-    shards as workers, else DATA — and `data.tfds_pairs` for TFDS). `data.train_limit`
-    keeps the first N pairs of the train split (`take` on the unshuffled stream).
+    `streaming.stream_pairs` for text files — FILE sharding when there are at least as
+    many shards as workers, else DATA — and `streaming.tfds_pairs` for TFDS).
+    `data.train_limit` keeps the first N pairs of the train split (`take` on the
+    unshuffled stream).
     """
     _check_split(split)
     _check_source(config)
@@ -106,12 +110,13 @@ def split_pairs(config, split, seed=None, num_workers=1, worker_index=0) -> tf.d
         if limit:  # the first N pairs, then each worker takes every num_workers-th
             pairs = _tfds(config, split).take(limit)
             if num_workers > 1:
-                pairs = data._shard_off(pairs.shard(num_workers, worker_index))
+                pairs = streaming.auto_shard_off(pairs.shard(num_workers, worker_index))
             return pairs
         return _tfds(config, split, shuffle_seed=seed, num_workers=num_workers,
                      worker_index=worker_index)
-    return data.stream_pairs(split_shards(config, split), seed=seed, num_workers=num_workers,
-                             worker_index=worker_index, limit=limit)
+    return streaming.stream_pairs(split_shards(config, split), seed=seed,
+                                  num_workers=num_workers, worker_index=worker_index,
+                                  limit=limit)
 
 
 def train_pairs_count(config):
@@ -125,7 +130,7 @@ def train_pairs_count(config):
             count = int(pairs.batch(4096).reduce(
                 tf.constant(0, tf.int64), lambda n, b: n + tf.cast(tf.shape(b[0])[0], tf.int64)))
     else:
-        count = data.count_lines([source for source, _ in split_shards(config, "train")])
+        count = streaming.count_lines([source for source, _ in split_shards(config, "train")])
     return min(count, config.train_limit) if config.train_limit else count
 
 
@@ -158,7 +163,7 @@ def vocabulary_sentences(config, sample_sentences, seed=0):
         return tf.concat([sources, targets], 0)
 
     sentences = pairs.batch(1024).map(both_sides).unbatch()
-    return data.iterate_strings(sentences.take(sample_sentences))
+    return streaming.iterate_strings(sentences.take(sample_sentences))
 
 
 def cache_tokens(config):
