@@ -90,3 +90,47 @@ def test_two_worker_train_writes_the_run_directory_once(tmp_path):
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert checkpoints and len(checkpoints) == summary["steps"] // 4
     assert (run_dir / "translator.keras").exists() and (run_dir / "model.keras").exists()
+
+
+def test_a_worker_stops_waiting_for_the_chiefs_vocabulary(tmp_path, monkeypatch):
+    """A worker other than the chief polls the shared run directory for tokenizer.model
+    (every 5 s): it loads the file once the chief has written it, and gives up after
+    `wait_seconds` with a one-line RunError naming the path. The sleeps are recorded,
+    not slept, so the test takes no wall time."""
+    import importlib
+    import time
+
+    from keras_transformer.tokenizer import SubwordTokenizer
+    from keras_transformer.training.config import RunError, parse_config
+
+    train_module = importlib.import_module("keras_transformer.training.train")
+    config, path = parse_config({}), tmp_path / "tokenizer.model"
+    slept = []
+    monkeypatch.setattr(train_module.time, "sleep", slept.append)
+
+    started = time.monotonic()
+    for wait_seconds in (0, 1, 12):
+        slept.clear()
+        with pytest.raises(RunError) as error:
+            train_module.load_or_train_tokenizer(config, str(tmp_path), is_chief=False,
+                                                 wait_seconds=wait_seconds)
+        message = str(error.value)
+        assert str(path) in message and "\n" not in message, message
+        # It waited (in polls) at least wait_seconds, and gave up at the next poll.
+        assert wait_seconds <= sum(slept) < wait_seconds + 10, slept
+    assert not path.exists()  # a worker never writes the vocabulary
+
+    # The chief's file appears during the wait: the worker loads it at the next poll.
+    chief = SubwordTokenizer.train(["a b c d e f g h", "i j k l m n o p"] * 50, vocab_size=40)
+
+    def chief_writes_on_second_poll(seconds):
+        slept.append(seconds)
+        if len(slept) == 2:
+            chief.save(str(path))
+
+    slept.clear()
+    monkeypatch.setattr(train_module.time, "sleep", chief_writes_on_second_poll)
+    worker = train_module.load_or_train_tokenizer(config, str(tmp_path), is_chief=False,
+                                                  wait_seconds=60)
+    assert len(slept) == 2 and worker.model_proto == chief.model_proto
+    assert time.monotonic() - started < 30  # no real waiting (tokenizer training aside)
