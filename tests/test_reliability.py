@@ -234,6 +234,10 @@ BAD_VALUES = [
     ("tokenizer", "vocab_size", "abc"),
     ("data", "max_length", 0),
     ("data", "source", "wmt14"),
+    ("training", "accumulate_batches", 0),
+    ("training", "accumulate_batches", -2),
+    ("training", "accumulate_batches", 2.5),
+    ("training", "accumulate_batches", "4"),
 ]
 
 
@@ -308,6 +312,7 @@ BAD = {
     "alpha": ("evaluation", st.one_of(st.floats(max_value=-1e-9), _not_numbers())),
     "vocab_size": ("tokenizer", st.one_of(st.integers(max_value=4), _not_numbers())),
     "max_length": ("data", _AT_LEAST_1),
+    "accumulate_batches": ("training", _AT_LEAST_1),
 }
 
 

@@ -95,6 +95,13 @@ class TokenizerConfig(_Validated):
 class TrainingConfig(_Validated):
     epochs: int = 30
     batch_tokens: int = 4096  # per side, padding included (the paper used ~25,000)
+    # Batches per optimizer update: k > 1 adds up the gradients of k batches and applies
+    # their exact token mean (keras_transformer/accumulation.py), so an update sees
+    # k * batch_tokens tokens on the memory of one batch (the paper's 25k per side:
+    # e.g. batch_tokens 6250, accumulate_batches 4). warmup_steps and max_steps count
+    # updates (optimizer.iterations); steps_per_epoch, checkpoint_every and backup_every
+    # count batches.
+    accumulate_batches: int = 1
     warmup_steps: int = 4000
     learning_rate_scale: float = 1.0
     shuffle_buffer: int = 30000
@@ -120,6 +127,7 @@ class TrainingConfig(_Validated):
 
     RULES: ClassVar[dict] = {
         "epochs": at_least(1), "batch_tokens": at_least(1), "warmup_steps": at_least(1),
+        "accumulate_batches": at_least(1),
         "learning_rate_scale": (lambda value: value > 0, "> 0"),
         "shuffle_buffer": at_least(0), "strategy": one_of(*STRATEGIES),
         "devices": at_least(1), "mixed_precision": one_of(*MIXED_PRECISION),
