@@ -13,16 +13,15 @@ def _peak_memory_mb():
 
 
 def _train(args):
-    import json
     import time
 
     from keras_transformer.training.config import load_config
-    from keras_transformer.training.train import train
+    from keras_transformer.training.train import train, write_summary
 
     started = time.time()
     config = load_config(args.config)
     run_dir = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
-    _, _, summary = train(config, run_dir, verbose=args.verbose)
+    _, _, summary = train(config, run_dir, verbose=args.verbose, force=args.force)
     if not summary["chief"]:  # the chief scores, exports and writes the summary
         return
     print(f"trained {summary['steps']} steps; run saved in {run_dir}")
@@ -43,8 +42,7 @@ def _train(args):
     # Everything the command did, from reading the config to the last export.
     summary = {**summary, **phases, "wall_seconds": round(time.time() - started, 1),
                "peak_memory_mb": memory}
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_summary(run_dir, summary)
     print(f"done in {summary['wall_seconds'] / 60:.1f} min")
 
 
@@ -270,6 +268,8 @@ def build_parser():
     train.add_argument("--no-evaluate", action="store_true", help="skip BLEU on the test split")
     train.add_argument("--no-export", action="store_true",
                        help="skip exporting RUN/saved_model and RUN/model.int8.tflite")
+    train.add_argument("--force", action="store_true",
+                       help="continue a run with another config than the one it started with")
     train.set_defaults(func=_train)
 
     evaluate = commands.add_parser("evaluate", help="translate a split and score with sacreBLEU")

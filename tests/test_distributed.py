@@ -64,8 +64,7 @@ def test_two_worker_train_writes_the_run_directory_once(tmp_path):
     config = yaml.safe_load(open(os.path.join(os.path.dirname(WORKER), "..", "training",
                                               "configs", "tiny.yaml"), encoding="utf-8"))
     config["data"]["train_limit"] = 600
-    config["training"].update(strategy="multi_worker", epochs=2, checkpoint_every=4,
-                              backup_every=4)
+    config["training"].update(strategy="multi_worker", epochs=2, checkpoint_every=4)
     path = tmp_path / "mw.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     run_dir, port = tmp_path / "run", _free_port()

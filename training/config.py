@@ -99,8 +99,8 @@ class TrainingConfig(_Validated):
     # their exact token mean (keras_transformer/accumulation.py), so an update sees
     # k * batch_tokens tokens on the memory of one batch (the paper's 25k per side:
     # e.g. batch_tokens 6250, accumulate_batches 4). warmup_steps and max_steps count
-    # updates (optimizer.iterations); steps_per_epoch, checkpoint_every and backup_every
-    # count batches.
+    # updates (optimizer.iterations), as does checkpoint_every; steps_per_epoch counts
+    # batches.
     accumulate_batches: int = 1
     warmup_steps: int = 4000
     learning_rate_scale: float = 1.0
@@ -110,8 +110,7 @@ class TrainingConfig(_Validated):
     # auto: mixed_bfloat16 on CPUs with native bf16, else float32 (training/precision.py)
     mixed_precision: str = "none"  # auto | none | mixed_bfloat16 | mixed_float16
     jit_compile: object = False  # true | false | auto (XLA where the precision gains from it)
-    checkpoint_every: int = 1000  # steps between kept checkpoints (for averaging)
-    backup_every: int = 200  # steps between BackupAndRestore snapshots
+    checkpoint_every: int = 1000  # optimizer steps between kept checkpoints (for averaging)
     average_last: int = 5  # average this many last checkpoints at the end (0: off)
     seed: int = 0
     # Stop once this many minutes of `fit` are used (mid-epoch; the last validation pass
@@ -119,7 +118,7 @@ class TrainingConfig(_Validated):
     # machines; the steps it trained are in summary.json.
     time_budget_minutes: Optional[float] = None
     # Step-based runs for corpora where one pass takes hours: an "epoch" (validation,
-    # backup, a history row) every `steps_per_epoch` steps instead of one counted pass
+    # the backup a killed run resumes from, a history row) every `steps_per_epoch` steps instead of one counted pass
     # over the corpus, and `max_steps` in all (the paper: 100k for base) instead of
     # `epochs`. None: count one pass / train `epochs` epochs.
     steps_per_epoch: Optional[int] = None
@@ -131,7 +130,7 @@ class TrainingConfig(_Validated):
         "learning_rate_scale": (lambda value: value > 0, "> 0"),
         "shuffle_buffer": at_least(0), "strategy": one_of(*STRATEGIES),
         "devices": at_least(1), "mixed_precision": one_of(*MIXED_PRECISION),
-        "checkpoint_every": at_least(1), "backup_every": at_least(1),
+        "checkpoint_every": at_least(1),
         "average_last": at_least(0),
         "time_budget_minutes": (lambda value: value > 0, "> 0"),
         "steps_per_epoch": at_least(1), "max_steps": at_least(1),

@@ -124,9 +124,10 @@ class TimeBudget(keras.callbacks.Callback):
     3.9 of its 6.5 minutes because a second whole epoch would not have fitted.
     """
 
-    def __init__(self, clock, minutes):
+    def __init__(self, clock, minutes, used_seconds=0.0):
         super().__init__()
         self.clock, self.seconds = clock, 60 * minutes
+        self.used_seconds = used_seconds  # by the runs of a resumed run before this one
         self.started = self.epoch = None
         self.stopped_after = None  # (epoch, step), 1-based, once stopped
 
@@ -137,13 +138,19 @@ class TimeBudget(keras.callbacks.Callback):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
-        elapsed = time.time() - self.started
+        elapsed = time.time() - self.started + self.used_seconds
         if self.stopped_after or elapsed + self.clock.validation_seconds < self.seconds:
             return
         self.model.stop_training = True
         self.stopped_after = (self.epoch + 1, batch + 1)
         print(f"\ntime budget: stopping in epoch {self.epoch + 1} after step {batch + 1} "
               f"({elapsed / 60:.1f} of {self.seconds / 60:g} min)", flush=True)
+
+
+def optimizer_steps(model):
+    """Optimizer updates so far (`int()` of the variable fails under distribution
+    strategies, where it is a MirroredVariable)."""
+    return int(model.optimizer.iterations.numpy())
 
 
 class StepLimit(keras.callbacks.Callback):
@@ -154,5 +161,5 @@ class StepLimit(keras.callbacks.Callback):
         self.max_steps = max_steps
 
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations) >= self.max_steps:
+        if optimizer_steps(self.model) >= self.max_steps:
             self.model.stop_training = True

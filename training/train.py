@@ -4,8 +4,9 @@ A run directory holds everything needed to resume, evaluate and export:
 
     config.yaml        the resolved configuration
     tokenizer.model    the shared SentencePiece vocabulary
-    backup/            BackupAndRestore state: a killed run resumes from here
-    checkpoints/       ckpt-eEEE-bBBBBB.weights.h5 every `checkpoint_every` steps
+    backup/            the training state at the last epoch ends: a killed run resumes
+                       from here, step-exact (training/backup.py); removed once finished
+    checkpoints/       ckpt-eEEE-bBBBBBB.weights.h5 every `checkpoint_every` steps
     logs/              TensorBoard
     history.csv        per-epoch loss / accuracy (train and validation)
     model.keras        the final model (the average of the last checkpoints, §6.1)
@@ -15,11 +16,16 @@ A run directory holds everything needed to resume, evaluate and export:
 
 In a multi-worker run only the chief writes the run directory; every worker restores from
 its backup (the weights are the same on all of them) and logs nowhere else.
+
+Running the same command again continues a killed run where its last backup left it, and
+a finished run is not trained again (`train` returns it for scoring and export). Another
+config than the run's is refused unless `force=True`.
 """
 
 import json
 import math
 import os
+import shutil
 import time
 
 import keras
@@ -30,12 +36,16 @@ from keras_transformer.schedules import paper_optimizer
 from keras_transformer.tokenizer import SubwordTokenizer
 from keras_transformer.training import corpus
 from keras_transformer.training.averaging import average_checkpoints, list_checkpoints
-from keras_transformer.training.config import RunError, save_config
+from keras_transformer.training.backup import (RunBackup, StepCheckpoints, backups,
+                                               discard_partial_files, replaced_when_done,
+                                               restore, trim_history)
+from keras_transformer.training.config import RunError, load_config, save_config
 from keras_transformer.training.data import (epoch_size, make_batches, with_known_length,
                                              worker_shard)
-from keras_transformer.training.plot import plot_history
+from keras_transformer.training.plot import plot_history, read_history
 from keras_transformer.training.precision import resolve_precision
-from keras_transformer.training.progress import EpochClock, StepLimit, TimeBudget, TrainingPlan
+from keras_transformer.training.progress import (EpochClock, StepLimit, TimeBudget,
+                                                 TrainingPlan, optimizer_steps)
 from keras_transformer.training.strategy import make_strategy
 from keras_transformer.translator import Translator
 
@@ -80,45 +90,31 @@ def build_model(config, tokenizer, strategy):
             loss=MaskedCrossEntropy(model_config.label_smoothing, model_config.pad_id),
             metrics=[MaskedAccuracy(model_config.pad_id)],
             jit_compile=jit_compile,
+            accumulate_batches=training.accumulate_batches,
         )
     return model
 
 
-def callbacks(config, run_dir, chief=True):
-    """The run's callbacks; a worker other than the chief only restores the backup."""
-    training = config.training
-    backup = os.path.join(run_dir, "backup")
-    if not chief:
-        return [RestoreOnly(backup, double_checkpoint=True, delete_checkpoint=False),
-                keras.callbacks.TerminateOnNaN()]
+def callbacks(config, run_dir, backup):
+    """The chief's callbacks (the other workers of a multi-worker run write nothing)."""
     return [
-        # double_checkpoint keeps the previous backup: a kill in the middle of writing
-        # the latest one (a corrupt .h5) falls back to it instead of failing to resume.
-        keras.callbacks.BackupAndRestore(backup, save_freq=training.backup_every,
-                                         double_checkpoint=True),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(run_dir, "checkpoints", "ckpt-e{epoch:03d}-b{batch:06d}.weights.h5"),
-            save_weights_only=True, save_freq=training.checkpoint_every,
-        ),
+        StepCheckpoints(os.path.join(run_dir, "checkpoints"), config.training.checkpoint_every),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), update_freq=50),
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
+        # Last: an epoch's history row is written before its backup; a kill between the
+        # two re-runs the epoch, and `trim_history` drops the row it logs again.
+        backup,
     ]
 
 
-class RestoreOnly(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore for a worker other than the chief: it resumes from the chief's
-    backup (all workers hold the same weights) and never writes or deletes it."""
-
-    def _save_model(self):
-        pass
-
-
-def train(config, run_dir, verbose="auto"):
-    """Train according to `config` into `run_dir` (resuming if it holds a backup).
+def train(config, run_dir, verbose="auto", force=False):
+    """Train according to `config` into `run_dir`, continuing the run it holds.
 
     Returns `(model, tokenizer, summary)`; `summary["chief"]` is False on the other
-    workers of a multi-worker run, which write nothing to `run_dir`.
+    workers of a multi-worker run, which write nothing to `run_dir`. A run directory
+    started with another config is a RunError unless `force` (then the new config is
+    saved and training continues from the backup with it).
     """
     strategy = make_strategy(config.training.strategy, config.training.devices)
     keras.utils.set_random_seed(config.training.seed)
@@ -126,40 +122,56 @@ def train(config, run_dir, verbose="auto"):
     # multi-worker run reads its own part of it (training/data.py, stream_pairs).
     num_workers, worker_index = worker_shard(strategy)
     chief = worker_index == 0
+    _check_same_config(config, run_dir, force)
+    if _finished(run_dir):
+        return _load_finished(run_dir, chief)
     if chief:
         os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
-        save_config(config, os.path.join(run_dir, "config.yaml"))
+        discard_partial_files(run_dir)
+        with replaced_when_done(os.path.join(run_dir, "config.yaml")) as partial:
+            save_config(config, partial)
     tokenizer = load_or_train_tokenizer(config, run_dir, is_chief=chief)
     batches = {"tokenizer": tokenizer, "batch_tokens": config.training.batch_tokens,
                "max_length": config.data.max_length}
     steps_per_epoch, tokens_per_epoch, epochs = _epochs(config, batches, num_workers)
+    model = build_model(config, tokenizer, strategy)
+    backup_dir = os.path.join(run_dir, "backup")
+    state = restore(model, backup_dir) or {}
+    if state and chief:
+        trim_history(os.path.join(run_dir, "history.csv"), state["epochs_done"])
     train_data = make_batches(
         corpus.split_pairs(config.data, "train", seed=config.training.seed,
                            num_workers=num_workers, worker_index=worker_index),
         shuffle_buffer=config.training.shuffle_buffer, seed=config.training.seed, repeat=True,
         cache=corpus.cache_tokens(config.data), **batches)
+    # The same seeded stream as the run before the kill, from the batch it stopped at.
+    train_data = train_data.skip(state.get("batches", 0))
     valid_data = with_known_length(make_batches(corpus.split_pairs(config.data, "valid"),
                                                 **batches))
 
-    model = build_model(config, tokenizer, strategy)
     policy = model.dtype_policy.name
     budget = config.training.time_budget_minutes
+    backup = RunBackup(backup_dir, state, write=chief)
     clock = EpochClock()
     plan = TrainingPlan(clock, epochs, steps_per_epoch, tokens_per_epoch,
                         f"{policy}, XLA {'on' if model.jit_compile else 'off'}", budget)
-    stopper = TimeBudget(clock, budget) if budget else None
+    stopper = TimeBudget(clock, budget, used_seconds=backup.seconds_before) if budget else None
     extra = [clock, plan] + ([stopper] if stopper else [])
     if config.training.max_steps:
         extra.append(StepLimit(config.training.max_steps))
     started = time.time()
-    history = model.fit(train_data, validation_data=valid_data, epochs=epochs,
-                        steps_per_epoch=steps_per_epoch, shuffle=False,
-                        callbacks=[*extra, *callbacks(config, run_dir, chief)],
-                        verbose=verbose if chief else 0)
+    history = {}
+    if not state.get("finished"):  # else killed after training, before model.keras
+        history = model.fit(
+            train_data, validation_data=valid_data, epochs=epochs,
+            initial_epoch=state.get("epochs_done", 0), steps_per_epoch=steps_per_epoch,
+            shuffle=False, verbose=verbose if chief else 0,
+            callbacks=[*extra, *(callbacks(config, run_dir, backup) if chief
+                                 else [keras.callbacks.TerminateOnNaN()])]).history
     train_seconds = time.time() - started
 
     # Read before averaging: loading a checkpoint also restores its optimizer step.
-    steps = int(model.optimizer.iterations.numpy())
+    steps = optimizer_steps(model)
     if num_workers > 1:
         if not chief:
             return model, tokenizer, {"chief": False, "steps": steps}
@@ -175,10 +187,12 @@ def train(config, run_dir, verbose="auto"):
         average_checkpoints(model, averaged)
         if not _no_worse(model, valid_data, final_weights):
             averaged = []
-    model.save(os.path.join(run_dir, "model.keras"))
+    with replaced_when_done(os.path.join(run_dir, "model.keras")) as partial:
+        model.save(partial)
     # The text-level model: weights, vocabulary and decoding options in one file.
-    Translator.from_trained(model, tokenizer, config.evaluation.decoding_options()).save(
-        os.path.join(run_dir, "translator.keras"))
+    with replaced_when_done(os.path.join(run_dir, "translator.keras")) as partial:
+        Translator.from_trained(model, tokenizer,
+                                config.evaluation.decoding_options()).save(partial)
     plot_history(run_dir)
     summary = {
         "chief": True,
@@ -189,21 +203,74 @@ def train(config, run_dir, verbose="auto"):
         "precision": plan.precision,
         "epoch_seconds": clock.epoch_seconds,
         "stopped_by_time_budget": bool(stopper and stopper.stopped_after),
+        "resumed_after_steps": state.get("batches", 0),
         "steps_this_run": clock.steps,
-        "epochs_this_run": len(history.history.get("loss", [])),
+        "epochs_this_run": len(history.get("loss", [])),
         "train_seconds_this_run": round(train_seconds, 1),
+        "train_seconds_all_runs": round(backup.seconds(), 1),
         # Real (non-pad) target tokens per second of `fit`, validation passes included.
         "target_tokens_per_second": round(
             tokens_per_epoch / steps_per_epoch * clock.steps / train_seconds
-        ) if tokens_per_epoch else None,
+        ) if tokens_per_epoch and clock.steps else None,
         "averaged_checkpoints": [os.path.basename(p) for p in averaged],
         "vocab_size": tokenizer.vocab_size,
         "parameters": model.count_params(),
-        "history": {k: [round(float(x), 5) for x in v] for k, v in history.history.items()},
+        "history": read_history(run_dir),
     }
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_summary(run_dir, summary)
+    shutil.rmtree(backup_dir, ignore_errors=True)  # the run is complete: nothing to resume
     return model, tokenizer, summary
+
+
+def write_summary(run_dir, summary):
+    """summary.json, written whole or not at all."""
+    with replaced_when_done(os.path.join(run_dir, "summary.json")) as partial, \
+            open(partial, "w") as f:
+        json.dump(summary, f, indent=2)
+
+
+def _check_same_config(config, run_dir, force):
+    """Refuse to continue a run with another config than the one it was started with."""
+    path = os.path.join(run_dir, "config.yaml")
+    if force or not os.path.exists(path):
+        return
+    before, now = _flatten(load_config(path).to_dict()), _flatten(config.to_dict())
+    changed = [f"{key}: {before.get(key)!r} -> {now.get(key)!r}"
+               for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+    if changed:
+        raise RunError(f"{run_dir} was started with another config ({'; '.join(changed[:4])}"
+                       f"{'; ...' if len(changed) > 4 else ''}); train into another --out, "
+                       f"or pass --force to continue this run with the new config")
+
+
+def _flatten(values, prefix=""):
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+# What a finished run holds; its backup is removed after the last of them is written.
+_FINAL = ("model.keras", "translator.keras", "summary.json", "tokenizer.model")
+
+
+def _finished(run_dir):
+    return all(os.path.exists(os.path.join(run_dir, name)) for name in _FINAL) \
+        and not backups(os.path.join(run_dir, "backup"))
+
+
+def _load_finished(run_dir, chief):
+    """(model, tokenizer, summary) of a finished run, which is not trained again."""
+    if chief:
+        print(f"{run_dir} is trained already (model.keras); to train again, use another "
+              f"--out", flush=True)
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = {**json.load(f), "chief": chief}
+    model = keras.saving.load_model(os.path.join(run_dir, "model.keras"))
+    return model, SubwordTokenizer.load(os.path.join(run_dir, "tokenizer.model")), summary
 
 
 def _epochs(config, batches, num_workers):
@@ -221,8 +288,9 @@ def _epochs(config, batches, num_workers):
         steps, tokens_per_epoch = epoch_size(
             make_batches(corpus.split_pairs(config.data, "train"), cache=False, **batches))
         steps_per_epoch = max(1, steps // num_workers)
-    epochs = (math.ceil(training.max_steps / steps_per_epoch) if training.max_steps
-              else training.epochs)
+    # max_steps counts optimizer updates, each of accumulate_batches batches (fit steps).
+    epochs = (math.ceil(training.max_steps * training.accumulate_batches / steps_per_epoch)
+              if training.max_steps else training.epochs)
     return steps_per_epoch, tokens_per_epoch, epochs
 
 
