@@ -70,11 +70,21 @@ def derive_config(args, source_glob, target_glob):
     config["training"].update(
         strategy="multi_worker", max_steps=args.max_steps,
         steps_per_epoch=args.steps_per_epoch, batch_tokens=args.batch_tokens,
-        checkpoint_every=args.steps_per_epoch, backup_every=args.steps_per_epoch)
+        checkpoint_every=args.steps_per_epoch)
+    if "backup_every" in _training_keys():  # older code: backups on their own step count
+        config["training"]["backup_every"] = args.steps_per_epoch
     if args.stop == "epochs":  # the same steps, without the StepLimit callback
         config["training"].update(max_steps=None,
                                   epochs=-(-args.max_steps // args.steps_per_epoch))
     return config
+
+
+def _training_keys():
+    import dataclasses
+
+    from keras_transformer.training.config import TrainingConfig
+
+    return {field.name for field in dataclasses.fields(TrainingConfig)}
 
 
 def _free_ports(count):
@@ -269,17 +279,24 @@ def main(argv=None):
                 "tokenizer.sample_sentences": args.sample,
                 "training": {k: config["training"][k] for k in (
                     "strategy", "max_steps", "epochs", "steps_per_epoch", "batch_tokens",
-                    "checkpoint_every", "backup_every")},
+                    "checkpoint_every", "backup_every") if k in config["training"]},
                 "batch_tokens_reason": (
                     "25,000 tokens per side per worker would take minutes a step on one "
                     "CPU core and ~10 GB a worker (the 37k-way logits alone ~3.7 GB); "
-                    "the model shape and vocabulary size stay base"),
+                    "the model's shape stays base"),
             },
             "evaluate_and_export": False,
         },
         "code": code_version(),
         "cpu": {**cpu_flags(), "cpu_count": os.cpu_count()},
         "generate_seconds": generate_seconds,
+        "vocabulary": {
+            "config_vocab_size": config["tokenizer"]["vocab_size"],
+            "learned_vocab_size": summary.get("vocab_size"),
+            "note": ("SentencePiece's size is a soft limit here (hard_vocab_limit=False): "
+                     "the simulated corpus, recombined Multi30k text, holds fewer distinct "
+                     "pieces than the base config asks for, so the embedding is smaller "
+                     "than WMT14's and so is the parameter count")},
         "workers": workers,
         "chief_summary": {k: summary[k] for k in keep if k in summary},
         "run_dir": check_run_dir(run_dir, summary, args.steps_per_epoch,
