@@ -211,6 +211,7 @@ def test_a_vocabulary_that_does_not_fit_the_model_is_an_error(interrupted_run, t
 
 BAD_VALUES = [
     ("training", "strategy", "mirored"),
+    ("training", "resume", "fast"),
     ("training", "mixed_precision", "bfloat16"),
     ("training", "warmup_steps", 0),
     ("training", "batch_tokens", 0),

@@ -139,13 +139,16 @@ def train(config, run_dir, verbose="auto", force=False):
     state = restore(model, backup_dir) or {}
     if state and chief:
         trim_history(os.path.join(run_dir, "history.csv"), state["epochs_done"])
+    # A resumed run reads the same seeded stream from the batch it stopped at, or with
+    # `training.resume: reshuffle` a stream seeded afresh (config.py says why).
+    taken = state.get("batches", 0)
+    reseed = taken if config.training.resume == "reshuffle" else 0
+    seed = config.training.seed + reseed
     train_data = make_batches(
-        corpus.split_pairs(config.data, "train", seed=config.training.seed,
-                           num_workers=num_workers, worker_index=worker_index),
-        shuffle_buffer=config.training.shuffle_buffer, seed=config.training.seed, repeat=True,
-        cache=corpus.cache_tokens(config.data), **batches)
-    # The same seeded stream as the run before the kill, from the batch it stopped at.
-    train_data = train_data.skip(state.get("batches", 0))
+        corpus.split_pairs(config.data, "train", seed=seed, num_workers=num_workers,
+                           worker_index=worker_index),
+        shuffle_buffer=config.training.shuffle_buffer, seed=seed, repeat=True,
+        cache=corpus.cache_tokens(config.data), **batches).skip(taken - reseed)
     valid_data = with_known_length(make_batches(corpus.split_pairs(config.data, "valid"),
                                                 **batches))
 
