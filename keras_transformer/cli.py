@@ -28,15 +28,13 @@ def _train(args):
     phases = {"train_seconds": round(time.time() - started, 1)}
     memory = {"after_train": _peak_memory_mb()}
     if not args.no_evaluate:
-        _evaluate(argparse.Namespace(run=run_dir, split="test", beam=None, lowercase=None,
-                                     limit=None, model=None, checkpoint=None))
+        score(run_dir)
         phases["evaluate_seconds"] = round(time.time() - started - sum(phases.values()), 1)
         memory["after_evaluate"] = _peak_memory_mb()
     if not args.no_export:
-        for fmt, out in (("saved_model", os.path.join(run_dir, "saved_model")),
-                         ("tflite", os.path.join(run_dir, "model.int8.tflite"))):
-            _export(argparse.Namespace(run=run_dir, format=fmt, out=out, quantize="int8",
-                                       max_output_length=128, checkpoint=None))
+        export(run=run_dir, fmt="saved_model", out=os.path.join(run_dir, "saved_model"))
+        export(run=run_dir, fmt="tflite", out=os.path.join(run_dir, "model.int8.tflite"),
+               quantize="int8")
         phases["export_seconds"] = round(time.time() - started - sum(phases.values()), 1)
         memory["after_export"] = _peak_memory_mb()
     # Everything the command did, from reading the config to the last export.
@@ -72,22 +70,27 @@ def _plot(args):
 
 
 def _evaluate(args):
+    score(args.run, args.split, args.beam, args.lowercase, args.limit, args.model,
+          args.checkpoint)
+
+
+def score(run, split="test", beam=None, lowercase=None, limit=None, model=None,
+          checkpoint=None):
+    """Translate a split of the run's corpus, score it with sacreBLEU and print the result."""
     from keras_transformer.training.config import ConfigError
     from keras_transformer.training.evaluate import evaluate_run
 
-    translate, name, beam = None, None, args.beam
-    checkpoint = getattr(args, "checkpoint", None)
-    if args.model:
+    translate, name = None, None
+    if model:
         if checkpoint:
             raise ConfigError("--model and --checkpoint: score one or the other")
-        translate, name = _exported_translator(args.model, args.beam)
+        translate, name = _exported_translator(model, beam)
         beam = translate.beam_size  # what the exported model decodes with, for the report
-    result = evaluate_run(args.run, split=args.split, beam_size=beam,
-                          lowercase=args.lowercase, limit=args.limit, translate=translate,
-                          model_name=name, checkpoint=checkpoint)
+    result = evaluate_run(run, split=split, beam_size=beam, lowercase=lowercase, limit=limit,
+                          translate=translate, model_name=name, checkpoint=checkpoint)
     print(result["signature"])
     print(f"BLEU = {result['bleu']:.2f} (lowercased {result['bleu_lowercase']:.2f}, "
-          f"chrF {result['chrf']:.2f}; beam {result['beam_size']}, {args.split} split)")
+          f"chrF {result['chrf']:.2f}; beam {result['beam_size']}, {split} split)")
 
 
 def _exported_translator(path, beam_size):
@@ -131,47 +134,53 @@ def _is_keras_file(path):
 
 
 def _export(args):
+    export(args.run, args.model, args.format, args.out, args.quantize, args.max_output_length,
+           args.checkpoint, args.ids_only)
+
+
+def export(run=None, model=None, fmt="saved_model", out=None, quantize="none",
+           max_output_length=128, checkpoint=None, ids_only=False):
+    """Export a run's model (or a translator.keras file, `model`) as a SavedModel or a
+    TFLite file; `out` defaults to a place inside the run (or next to `model`)."""
     from keras_transformer.training.config import ConfigError
     from keras_transformer.training.evaluate import load_run
 
-    ids_only = getattr(args, "ids_only", False)
-    if ids_only and args.format != "saved_model":
+    if ids_only and fmt != "saved_model":
         raise ConfigError("--ids-only: only with --format saved_model")
-    checkpoint = getattr(args, "checkpoint", None)
-    if getattr(args, "model", None):
+    if model:
         from keras_transformer.translator import load_translator
 
         if checkpoint:
             raise ConfigError("--model and --checkpoint: export one or the other")
-        translator = load_translator(args.model)
+        translator = load_translator(model)
+        home = os.path.dirname(os.path.abspath(model))  # default outputs go next to it
         model, tokenizer = translator.transformer, translator.vocabulary.tokenizer
-        options = translator.options.replace(max_output_length=args.max_output_length)
-        home = os.path.dirname(os.path.abspath(args.model))  # default outputs go next to it
+        options = translator.options.replace(max_output_length=max_output_length)
     else:
         # Refuses a run without model.keras unless --checkpoint names the weights.
-        config, model, tokenizer = load_run(args.run, checkpoint)
-        options = config.evaluation.decoding_options(max_output_length=args.max_output_length)
-        home = args.run
-    if args.format == "saved_model" and ids_only:
+        config, model, tokenizer = load_run(run, checkpoint)
+        options = config.evaluation.decoding_options(max_output_length=max_output_length)
+        home = run
+    if fmt == "saved_model" and ids_only:
         from keras_transformer.export.saved_model import export_ids_saved_model
 
-        out = args.out or os.path.join(home, "saved_model_ids")
+        out = out or os.path.join(home, "saved_model_ids")
         export_ids_saved_model(model, tokenizer, out, options)
         print(f"SavedModel (ids in/out, core TensorFlow ops only) written to {out}")
-    elif args.format == "saved_model":
+    elif fmt == "saved_model":
         from keras_transformer.export.saved_model import export_saved_model
 
-        out = args.out or os.path.join(home, "saved_model")
+        out = out or os.path.join(home, "saved_model")
         export_saved_model(model, tokenizer, out, options)
         print(f"SavedModel written to {out}")
     else:
         from keras_transformer.export.litert import check_operators
         from keras_transformer.export.tflite import convert_tflite
 
-        out = args.out or os.path.join(home, f"model.{args.quantize}.tflite")
+        out = out or os.path.join(home, f"model.{quantize}.tflite")
         if not out.endswith(".tflite"):
             raise ConfigError(f"--out {out}: a TFLite file name ends in .tflite")
-        paths = convert_tflite(model, tokenizer, out, args.quantize, options)
+        paths = convert_tflite(model, tokenizer, out, quantize, options)
         for path in paths:
             check_operators(path)
             print(f"TFLite model written to {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
@@ -257,6 +266,12 @@ CHECKPOINT_HELP = ("use the weights of this checkpoint of the run: 'latest' or a
                    ".weights.h5 file (e.g. of a run stopped before model.keras was written)")
 
 
+def _verbosity(value):
+    if value in ("auto", "0", "1", "2"):
+        return value if value == "auto" else int(value)
+    raise argparse.ArgumentTypeError(f"expected auto, 0, 1 or 2, got {value!r}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="keras-transformer", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -264,7 +279,8 @@ def build_parser():
     train = commands.add_parser("train", help="train a translator from a YAML config")
     train.add_argument("--config", required=True, help="e.g. training/configs/multi30k_en_de.yaml")
     train.add_argument("--out", help="run directory (default: runs/<config name>)")
-    train.add_argument("--verbose", default="auto", help="Keras fit verbosity: auto, 0, 1, 2")
+    train.add_argument("--verbose", default="auto", type=_verbosity,
+                       help="Keras fit verbosity: auto, 0, 1, 2")
     train.add_argument("--no-evaluate", action="store_true", help="skip BLEU on the test split")
     train.add_argument("--no-export", action="store_true",
                        help="skip exporting RUN/saved_model and RUN/model.int8.tflite")
@@ -343,8 +359,6 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if getattr(args, "verbose", None) not in (None, "auto"):
-        args.verbose = int(args.verbose)
     from keras_transformer.errors import UsageError
 
     try:
