@@ -56,36 +56,53 @@ def test_multi_worker_fit_ends_with_identical_weights(tmp_path):
 def test_two_worker_train_writes_the_run_directory_once(tmp_path):
     """`keras-transformer train` in two worker processes (TF_CONFIG) on one run directory:
     the chief alone writes config, logs, history, checkpoints and the final models; the
-    other worker trains in step with it and exits without scoring or exporting."""
+    other worker trains in step with it and exits without scoring or exporting. Both are
+    killed with SIGKILL in the middle of the run and started again: they resume together
+    from the chief's backup."""
     import json
+    import signal
+    import time
 
     import yaml
+
+    from keras_transformer.training.backup import backups
 
     config = yaml.safe_load(open(os.path.join(os.path.dirname(WORKER), "..", "training",
                                               "configs", "tiny.yaml"), encoding="utf-8"))
     config["data"]["train_limit"] = 600
-    config["training"].update(strategy="multi_worker", epochs=2, checkpoint_every=4)
+    config["training"].update(strategy="multi_worker", epochs=4, checkpoint_every=4)
     path = tmp_path / "mw.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    run_dir, port = tmp_path / "run", _free_port()
+    run_dir = tmp_path / "run"
     cli = os.path.join(os.path.dirname(sys.executable), "keras-transformer")
-    workers = []
-    for index in (0, 1):
-        env = dict(os.environ, TF_CONFIG=json.dumps({
-            "cluster": {"worker": [f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"]},
-            "task": {"type": "worker", "index": index}}))
-        workers.append(subprocess.Popen(
+
+    def start_workers():
+        port = _free_port()
+        return [subprocess.Popen(
             [cli, "train", "--config", str(path), "--out", str(run_dir), "--verbose", "0",
-             "--no-evaluate", "--no-export"], env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True))
+             "--no-evaluate", "--no-export"],
+            env=dict(os.environ, TF_CONFIG=json.dumps({
+                "cluster": {"worker": [f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"]},
+                "task": {"type": "worker", "index": index}})),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for index in (0, 1)]
+
+    workers, deadline = start_workers(), time.time() + 300
+    while not backups(str(run_dir / "backup")) and time.time() < deadline:
+        time.sleep(0.05)
+    assert all(w.poll() is None for w in workers), "the run ended before it was killed"
+    for worker in workers:
+        worker.send_signal(signal.SIGKILL)
+        worker.communicate()
+
+    workers = start_workers()
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
     assert "trained" in outputs[0] and "trained" not in outputs[1]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["num_workers"] == 2 and summary["chief"]
-    rows = (run_dir / "history.csv").read_text().strip().splitlines()
-    assert len(rows) == 1 + summary["epochs_this_run"]  # both workers appended, before
-    assert len(list((run_dir / "logs" / "train").glob("events.*"))) == 1
+    assert summary["resumed_after_steps"] > 0 and summary["epochs_this_run"] < 4
+    assert summary["history"]["epoch"] == [0, 1, 2, 3]  # each epoch logged once
+    assert len(list((run_dir / "logs" / "train").glob("events.*"))) == 2  # one a start
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert checkpoints and len(checkpoints) == summary["steps"] // 4
     assert (run_dir / "translator.keras").exists() and (run_dir / "model.keras").exists()
