@@ -260,8 +260,8 @@ def main(argv=None):
             "train_seconds", "wall_seconds", "peak_memory_mb", "averaged_checkpoints",
             "history")
     result = {
-        "command": "python bench/base_two_workers.py " + " ".join(
-            argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python bench/base_two_workers.py",
+                             *(argv if argv is not None else sys.argv[1:])]),
         "worker_command": " ".join(command) + "  # TF_CONFIG task.index 0 / 1",
         "cluster": cluster,
         "note": ("Timings are indicative only: two workers share the machine's CPU cores, "
