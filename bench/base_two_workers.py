@@ -13,12 +13,11 @@ the corpus swapped for simulated shards:
    schedule, label smoothing, max length, checkpoint averaging stay the paper's;
    `data.source: text` with the shard globs for the train split and the shipped Multi30k
    val split for validation; `strategy: multi_worker`; `max_steps` / `steps_per_epoch`
-   small (`--stop epochs`: `epochs` × `steps_per_epoch` instead, no StepLimit); the
-   vocabulary learned from at most `--sample` sentences; the token cache off
+   small; the vocabulary learned from at most `--sample` sentences; the token cache off
    (as for a corpus too big to cache); `--batch-tokens` per worker instead of 25,000
    (at 25,000 tokens a step of the base model on one CPU core takes minutes, and the
-   37k-way logits alone take ~3.7 GB a worker); checkpoints and backups every
-   `--steps-per-epoch` steps, so that the chief's writes are exercised.
+   37k-way logits alone take ~3.7 GB a worker); checkpoints and backups (at epoch ends)
+   every `--steps-per-epoch` steps, so that the chief's writes are exercised.
 3. Two `keras-transformer train --no-evaluate --no-export` processes on one run
    directory, TF_CONFIG naming two workers on 127.0.0.1 (worker 0 is the chief).
 
@@ -71,20 +70,7 @@ def derive_config(args, source_glob, target_glob):
         strategy="multi_worker", max_steps=args.max_steps,
         steps_per_epoch=args.steps_per_epoch, batch_tokens=args.batch_tokens,
         checkpoint_every=args.steps_per_epoch)
-    if "backup_every" in _training_keys():  # older code: backups on their own step count
-        config["training"]["backup_every"] = args.steps_per_epoch
-    if args.stop == "epochs":  # the same steps, without the StepLimit callback
-        config["training"].update(max_steps=None,
-                                  epochs=-(-args.max_steps // args.steps_per_epoch))
     return config
-
-
-def _training_keys():
-    import dataclasses
-
-    from keras_transformer.training.config import TrainingConfig
-
-    return {field.name for field in dataclasses.fields(TrainingConfig)}
 
 
 def _free_ports(count):
@@ -223,9 +209,6 @@ def main(argv=None):
                         help="per side and per worker (the paper: ~25,000 over 8 GPUs)")
     parser.add_argument("--sample", type=int, default=100_000,
                         help="tokenizer.sample_sentences: the vocabulary's sentence bound")
-    parser.add_argument("--stop", choices=("max-steps", "epochs"), default="max-steps",
-                        help="end training by training.max_steps (the base config's way), "
-                             "or by training.epochs = max_steps / steps_per_epoch")
     parser.add_argument("--timeout-minutes", type=float, default=40)
     parser.add_argument("--out", default=os.path.join(REPO, "bench", "results",
                                                       "base_two_workers.json"))
@@ -279,7 +262,7 @@ def main(argv=None):
                 "tokenizer.sample_sentences": args.sample,
                 "training": {k: config["training"][k] for k in (
                     "strategy", "max_steps", "epochs", "steps_per_epoch", "batch_tokens",
-                    "checkpoint_every", "backup_every") if k in config["training"]},
+                    "checkpoint_every") if k in config["training"]},
                 "batch_tokens_reason": (
                     "25,000 tokens per side per worker would take minutes a step on one "
                     "CPU core and ~10 GB a worker (the 37k-way logits alone ~3.7 GB); "

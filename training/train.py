@@ -119,7 +119,7 @@ def train(config, run_dir, verbose="auto", force=False):
     strategy = make_strategy(config.training.strategy, config.training.devices)
     keras.utils.set_random_seed(config.training.seed)
     # The train split streams from its files (never a Python list); each worker of a
-    # multi-worker run reads its own part of it (training/data.py, stream_pairs).
+    # multi-worker run reads its own part of it (training/streaming.py, stream_pairs).
     num_workers, worker_index = worker_shard(strategy)
     chief = worker_index == 0
     _check_same_config(config, run_dir, force)
