@@ -13,6 +13,7 @@ import threading
 
 import numpy as np
 
+from keras_transformer.errors import UsageError
 from keras_transformer.export.settings import choose_beam, tflite_decoding
 
 FORBIDDEN_OPS = ("VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "FlexDelegate")
@@ -28,12 +29,15 @@ def load_interpreter(path, num_threads=None):
         model_path=path, num_threads=num_threads)
 
 
-def operator_names(path):
-    """Names of every operator in the flatbuffer, all subgraphs (custom ops by their code)."""
+def operator_names(model):
+    """Names of every operator in a .tflite model (a path or the flatbuffer's bytes), all
+    subgraphs (custom ops by their code)."""
     from tensorflow.lite.python import schema_py_generated as schema
 
-    with open(path, "rb") as f:
-        model = schema.Model.GetRootAsModel(f.read(), 0)
+    if isinstance(model, str):
+        with open(model, "rb") as f:
+            model = f.read()
+    model = schema.Model.GetRootAsModel(model, 0)
     builtin = {code: name for name, code in vars(schema.BuiltinOperator).items()
                if not name.startswith("_")}
     names = set()
@@ -68,14 +72,20 @@ def buffer_bytes_by_type(path):
     return totals
 
 
-def check_operators(path):
-    """Raise if the model holds variable ops (silent NaN) or Flex ops (no runtime has them)."""
-    names = operator_names(path)
+class UnsupportedOpsError(UsageError):
+    """A converted model holds operators no LiteRT runtime can run as shipped."""
+
+
+def check_operators(model, name=None):
+    """Raise UnsupportedOpsError if `model` (a .tflite path or flatbuffer bytes) holds
+    variable ops (silent NaN) or Flex ops (no runtime has them); returns its op names.
+    `name` names it in the message (default: the path)."""
+    names = operator_names(model)
     bad = sorted(n for n in names if n in FORBIDDEN_OPS or n.startswith("Flex"))
     custom = sorted(n for n in names if n.isascii() and not n.isupper() and
                     not n.startswith("TFText>"))
     if bad or custom:
-        raise ValueError(f"{path}: unsupported operators {bad + custom}")
+        raise UnsupportedOpsError(f"{name or model}: unsupported operators {bad + custom}")
     return names
 
 
@@ -112,5 +122,5 @@ def litert_ids(path, source_ids, beam_size=4, num_threads=None):
     return out["ids"], out["scores"]
 
 
-__all__ = ["buffer_bytes_by_type", "check_operators", "litert_ids", "litert_translator", "load_interpreter",
+__all__ = ["UnsupportedOpsError", "buffer_bytes_by_type", "check_operators", "litert_ids", "litert_translator", "load_interpreter",
            "operator_names"]

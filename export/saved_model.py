@@ -29,7 +29,9 @@ import weakref
 
 import tensorflow as tf
 
+from keras_transformer.atomic import replaced_when_done
 from keras_transformer.decoding_options import DecodingOptions
+from keras_transformer.errors import UsageError
 from keras_transformer.export.settings import choose_beam
 from keras_transformer.translation import TextTranslator, _pad_to_buckets
 
@@ -122,8 +124,9 @@ def export_saved_model(model, tokenizer, out_dir, options=None, jit_compile=True
     """Write the ServingTranslator SavedModel (`DecodingOptions`: default beam 4, α 0.6)
     to `out_dir`; returns the ServingTranslator. `jit_compile=False` decodes in graph mode
     (no XLA compile per shape bucket: slower calls, no compile pauses)."""
+    _check_out_dir(out_dir)
     translator = ServingTranslator(model, tokenizer, options, jit_compile=jit_compile)
-    tf.saved_model.save(translator, out_dir, signatures=translator.signatures())
+    _save(translator, out_dir)
     return translator
 
 
@@ -184,9 +187,26 @@ def export_ids_saved_model(model, tokenizer, out_dir, options=None, jit_compile=
     Example:
     >>> export_ids_saved_model(model, tokenizer, "translator_ids/1")   # doctest: +SKIP
     """
+    _check_out_dir(out_dir)
     module = IdsTranslator(model, tokenizer, options, jit_compile=jit_compile)
-    tf.saved_model.save(module, out_dir, signatures=module.signatures())
+    _save(module, out_dir)
     return module
+
+
+def _check_out_dir(out_dir):
+    """An existing SavedModel at `out_dir` is replaced; another non-empty directory is
+    refused before any work (it could be a user's folder, which the replace would remove)."""
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not os.path.exists(
+            os.path.join(out_dir, "saved_model.pb")):
+        raise UsageError(f"{out_dir}: a directory that is not empty and holds no SavedModel; "
+                         f"export into a new or empty directory")
+
+
+def _save(module, out_dir):
+    """`tf.saved_model.save`, into a `.partial-` directory renamed when complete: a failed
+    or killed export never leaves a SavedModel directory that looks whole."""
+    with replaced_when_done(os.path.normpath(out_dir)) as partial:
+        tf.saved_model.save(module, partial, signatures=module.signatures())
 
 
 def exported_decoding(loaded):

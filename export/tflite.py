@@ -33,7 +33,9 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transformer import decoding
+from keras_transformer.atomic import replaced_when_done
 from keras_transformer.decoding_options import DecodingOptions
+from keras_transformer.export.litert import check_operators
 from keras_transformer.export.settings import add_tflite_metadata
 from keras_transformer.quiet import captured_stderr
 from keras_transformer.tokenizer import text_mask
@@ -206,18 +208,24 @@ def convert_tflite(model, tokenizer, out_path, quantize="none", options=None):
     """Write `out_path` (translator) and `out_path` with `.step.tflite` (streaming variant),
     decoding with `options` (`DecodingOptions`, recorded as metadata).
 
-    Returns the two paths.
+    Both are converted and their operators checked (`litert.check_operators`) before
+    either file is written; a model LiteRT could not run is an UnsupportedOpsError and
+    leaves no file. Returns the two paths.
     """
     options = options or DecodingOptions()
     translator = EdgeTranslator(model, tokenizer, options)
     stepper = EdgeStepper(model, options.max_output_length)
     step_path = out_path[: -len(".tflite")] + ".step.tflite" if out_path.endswith(
         ".tflite") else out_path + ".step.tflite"
+    flatbuffers = {}
     for module, path in ((translator, out_path), (stepper, step_path)):
         flatbuffer = to_tflite(module, quantize)
+        check_operators(flatbuffer, name=path)
         if module is translator:  # its `translate` signature has the beam compiled in
             flatbuffer = add_tflite_metadata(flatbuffer, options.to_dict())
-        with open(path, "wb") as f:
+        flatbuffers[path] = flatbuffer
+    for path, flatbuffer in flatbuffers.items():
+        with replaced_when_done(path) as partial, open(partial, "wb") as f:
             f.write(flatbuffer)
     return out_path, step_path
 

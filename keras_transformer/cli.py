@@ -174,15 +174,12 @@ def export(run=None, model=None, fmt="saved_model", out=None, quantize="none",
         export_saved_model(model, tokenizer, out, options)
         print(f"SavedModel written to {out}")
     else:
-        from keras_transformer.export.litert import check_operators
         from keras_transformer.export.tflite import convert_tflite
 
         out = out or os.path.join(home, f"model.{quantize}.tflite")
         if not out.endswith(".tflite"):
             raise ConfigError(f"--out {out}: a TFLite file name ends in .tflite")
-        paths = convert_tflite(model, tokenizer, out, quantize, options)
-        for path in paths:
-            check_operators(path)
+        for path in convert_tflite(model, tokenizer, out, quantize, options):
             print(f"TFLite model written to {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
 
 

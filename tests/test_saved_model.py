@@ -189,3 +189,14 @@ def test_export_leaves_no_temporary_files(tiny_run, tmp_path):
     del translator
     gc.collect()
     assert not os.path.exists(folder)
+
+
+def test_export_refuses_a_folder_that_is_not_a_saved_model(tiny_run, tmp_path, capsys):
+    """Replacing a SavedModel is fine; replacing a user's folder of other files is not."""
+    from keras_transformer import cli
+
+    (tmp_path / "notes.txt").write_text("mine")
+    assert cli.main(["export", "--run", tiny_run, "--format", "saved_model",
+                     "--out", str(tmp_path)]) == 2
+    assert "holds no SavedModel" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["notes.txt"]

@@ -150,3 +150,19 @@ def test_cli_translates_with_a_tflite_file(edge_fp32, capsys):
     capsys.readouterr()
     assert cli.main(["translate", "--model", edge_fp32[0], "--beam", "2", *sentences]) == 0
     assert capsys.readouterr().out.splitlines() == expected
+
+
+def test_a_model_litert_cannot_run_is_refused_before_any_file_is_written(
+        tiny_run, tmp_path, capsys, monkeypatch):
+    """The operator check runs on the converted flatbuffers, before anything is written:
+    with WHILE (the decoding loop) declared unsupported, the export fails as one line,
+    exit 2, and leaves no .tflite, no streaming variant and no partial file."""
+    from keras_transformer import cli
+
+    monkeypatch.setattr(litert, "FORBIDDEN_OPS", (*litert.FORBIDDEN_OPS, "WHILE"))
+    out = tmp_path / "model.tflite"
+    assert cli.main(["export", "--run", tiny_run, "--format", "tflite", "--out", str(out),
+                     "--max-output-length", "16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unsupported operators" in err and "WHILE" in err, err
+    assert os.listdir(tmp_path) == []

@@ -18,64 +18,28 @@ the resumed run sees the same batches with the same dropout masks: with TensorFl
 determinism on it ends with the weights of a run never interrupted (tests/test_resume.py).
 A kill loses at most the epoch in progress.
 
-Each file is written under a temporary name and renamed once complete (`replaced_when_done`),
-so a kill during a write leaves the previous complete version in place.
+Each file is written under a temporary name and renamed once complete
+(`keras_transformer.atomic.replaced_when_done`), so a kill during a write leaves the previous
+complete version in place.
 """
 
-import contextlib
 import csv
 import glob
 import json
 import os
-import shutil
 import time
 
 import keras
 
+from keras_transformer.atomic import PARTIAL, remove, replaced_when_done
 from keras_transformer.training.config import RunError
 from keras_transformer.training.progress import optimizer_steps
-
-_PARTIAL = ".partial-"
-
-
-@contextlib.contextmanager
-def replaced_when_done(path):
-    """Yields a temporary path beside `path` (same name after a `.partial-` prefix, so the
-    suffixes Keras checks are kept); renames it to `path` when the block completes and
-    removes it if the block fails. The rename is atomic: readers see the old file or the
-    new one, never half of it.
-
-    >>> import tempfile
-    >>> path = os.path.join(tempfile.mkdtemp(), "note.txt")
-    >>> with replaced_when_done(path) as partial:
-    ...     _ = open(partial, "w").write("done")
-    >>> open(path).read(), os.listdir(os.path.dirname(path))
-    ('done', ['note.txt'])
-    """
-    directory, name = os.path.split(path)
-    partial = os.path.join(directory, _PARTIAL + name)
-    _remove(partial)
-    try:
-        yield partial
-        if os.path.isdir(partial):
-            _remove(path)  # a directory cannot replace another one
-        os.replace(partial, path)
-    finally:
-        _remove(partial)
-
 
 def discard_partial_files(run_dir):
     """Remove what a killed run left half-written (`.partial-*` files and directories)."""
     for pattern in ("", "checkpoints", "backup"):
-        for path in glob.glob(os.path.join(run_dir, pattern, _PARTIAL + "*")):
-            _remove(path)
-
-
-def _remove(path):
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    elif os.path.exists(path):
-        os.remove(path)
+        for path in glob.glob(os.path.join(run_dir, pattern, PARTIAL + "*")):
+            remove(path)
 
 
 def _seed_states(model):
@@ -132,7 +96,7 @@ class RunBackup(keras.callbacks.Callback):
             with open(os.path.join(partial, "state.json"), "w") as f:
                 json.dump(state, f)
         for old in backups(self.directory)[:-self.keep]:
-            _remove(old)
+            remove(old)
 
     def _path(self, batches):
         return os.path.join(self.directory, f"batch-{batches:09d}")

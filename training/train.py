@@ -36,9 +36,9 @@ from keras_transformer.schedules import paper_optimizer
 from keras_transformer.tokenizer import SubwordTokenizer
 from keras_transformer.training import corpus
 from keras_transformer.training.averaging import average_checkpoints, list_checkpoints
+from keras_transformer.atomic import replaced_when_done
 from keras_transformer.training.backup import (RunBackup, StepCheckpoints, backups,
-                                               discard_partial_files, replaced_when_done,
-                                               restore, trim_history)
+                                               discard_partial_files, restore, trim_history)
 from keras_transformer.training.config import RunError, load_config, save_config
 from keras_transformer.training.data import (epoch_size, make_batches, with_known_length,
                                              worker_shard)
