@@ -38,7 +38,8 @@ setup(
         "ai-edge-litert==2.3.*",  # `translate` / `evaluate` run .tflite files in LiteRT
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis", "nbclient", "nbformat", "ipykernel"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "hypothesis", "nbclient", "nbformat",
+                 "ipykernel"],
         "bench": ["keras-hub==0.32.*", "ctranslate2==4.8.*"],
     },
     entry_points={"console_scripts": ["keras-transformer=keras_transformer.cli:main"]},
