@@ -285,6 +285,16 @@ def test_good_values_still_load():
         parse_config({"training": {"strategy": strategy}})
 
 
+def test_a_run_written_by_an_earlier_version_still_loads(capsys):
+    """Its config.yaml may hold a key that no longer does anything (training.backup_every):
+    one line says so, and the run still resumes, scores and exports."""
+    config = parse_config({"training": {"backup_every": 145, "epochs": 3}}, where="c.yaml")
+    assert config.training.epochs == 3
+    err = capsys.readouterr().err.strip()
+    assert err == "c.yaml: training.backup_every is no longer used (backups are taken at " \
+                  "every epoch end)"
+
+
 def _not_numbers():
     return st.one_of(st.text(max_size=8), st.booleans(), st.lists(st.integers(), max_size=2))
 

@@ -2,6 +2,7 @@
 `evaluation` sections. Unknown sections or keys are errors that name the key."""
 
 import dataclasses
+import sys
 from typing import ClassVar, Optional
 
 import yaml
@@ -183,11 +184,20 @@ SECTIONS = {"data": DataConfig, "tokenizer": TokenizerConfig, "training": Traini
             "evaluation": EvaluationConfig}
 
 
+# Keys earlier versions wrote into a run's config.yaml that no longer do anything: such a run
+# must still resume, evaluate and export, so they are dropped with a note, not refused.
+RETIRED = {("training", "backup_every"): "backups are taken at every epoch end"}
+
+
 def _section(cls, values, where, section, make=None, also_known=()):
     """A `cls` made by `make(**values)` (default: `cls`) from a mapping; errors name
     `where: section.key`."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: {section}: expected a mapping of keys, got {values!r}")
+    for key in [key for key in values if (section, key) in RETIRED]:
+        print(f"{where}: {section}.{key} is no longer used ({RETIRED[section, key]})",
+              file=sys.stderr)
+        values = {k: v for k, v in values.items() if k != key}
     known = {f.name for f in dataclasses.fields(cls)}
     for key in values:
         if key not in known:
