@@ -85,7 +85,8 @@ def check_operators(model, name=None):
     custom = sorted(n for n in names if n.isascii() and not n.isupper() and
                     not n.startswith("TFText>"))
     if bad or custom:
-        raise UnsupportedOpsError(f"{name or model}: unsupported operators {bad + custom}")
+        where = name or (model if isinstance(model, str) else "the converted model")
+        raise UnsupportedOpsError(f"{where}: unsupported operators {bad + custom}")
     return names
 
 

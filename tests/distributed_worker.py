@@ -2,7 +2,7 @@
 
     python tests/distributed_worker.py mirrored OUT.npz [untied]
     python tests/distributed_worker.py single OUT.npz [untied]
-    python tests/distributed_worker.py multi_worker OUT.npz INDEX PORT
+    python tests/distributed_worker.py multi_worker OUT.npz INDEX PORT0,PORT1
 """
 
 import json
@@ -13,9 +13,9 @@ mode, out = sys.argv[1], sys.argv[2]
 # "untied": separate source/target embeddings and output projection (other gradient paths).
 untied = mode != "multi_worker" and sys.argv[3:] == ["untied"]
 if mode == "multi_worker":
-    index, port = int(sys.argv[3]), int(sys.argv[4])
+    index, ports = int(sys.argv[3]), sys.argv[4].split(",")
     os.environ["TF_CONFIG"] = json.dumps({
-        "cluster": {"worker": [f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"]},
+        "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
         "task": {"type": "worker", "index": index},
     })
 

@@ -272,6 +272,14 @@ def test_a_time_budget_cannot_bound_a_multi_worker_run():
     parse_config({"training": {"strategy": "multi_worker", "max_steps": 100}})
 
 
+def test_gradient_accumulation_is_refused_with_multi_worker():
+    message = _assert_names_key({"training": {"strategy": "multi_worker", "max_steps": 10,
+                                              "accumulate_batches": 2}},
+                                "training", "accumulate_batches")
+    assert "multi_worker" in message
+    parse_config({"training": {"strategy": "mirrored", "accumulate_batches": 2}})
+
+
 def test_good_values_still_load():
     config = parse_config({"training": {"mixed_precision": "auto", "jit_compile": True,
                                         "average_last": 0, "devices": 2},

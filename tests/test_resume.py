@@ -179,3 +179,27 @@ def test_another_config_is_refused_unless_forced(uninterrupted, tmp_path):
     result = _run(_command(config, reference))
     assert "trained already" in result.stdout
     assert os.path.getmtime(reference / "model.keras") == before
+
+
+def test_one_train_at_a_time_on_a_run_directory(tmp_path):
+    from keras_transformer.training.train import hold_lock
+
+    first = hold_lock(str(tmp_path))
+    with pytest.raises(RunError, match="used by another `train` process"):
+        hold_lock(str(tmp_path))
+    first.close()
+    hold_lock(str(tmp_path)).close()  # free again once the holder is gone
+
+
+def test_a_backup_of_an_earlier_version_is_refused_not_ignored(tmp_path):
+    """A backup written by Keras' BackupAndRestore (earlier versions) cannot resume
+    step-exactly; starting over silently would throw the run's training away."""
+    import keras_transformer as kt
+    from keras_transformer.training.backup import restore
+
+    (tmp_path / "training_metadata.json").write_text('{"epoch": 3, "batch": 10}')
+    (tmp_path / "latest.weights.h5").write_bytes(b"")
+    model = kt.Transformer(kt.TransformerConfig.from_preset("tiny", vocab_size=40))
+    with pytest.raises(RunError, match="earlier version"):
+        restore(model, str(tmp_path))
+    assert restore(model, str(tmp_path / "none")) is None  # no backup at all: a fresh run

@@ -9,14 +9,17 @@ import numpy as np
 _CHECKPOINT = re.compile(r"ckpt-e(\d+)-b(\d+)\.weights\.h5$")
 
 
+def checkpoint_position(path):
+    """(epoch, batch), both counted from 1, of a checkpoint file name; None if not one."""
+    match = _CHECKPOINT.search(os.path.basename(path))
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
 def list_checkpoints(directory):
     """Checkpoint files of a run, oldest first (ordered by epoch, then batch)."""
-    found = []
-    for path in glob.glob(os.path.join(directory, "ckpt-*.weights.h5")):
-        match = _CHECKPOINT.search(os.path.basename(path))
-        if match:
-            found.append((int(match.group(1)), int(match.group(2)), path))
-    return [path for *_, path in sorted(found)]
+    found = [(checkpoint_position(path), path)
+             for path in glob.glob(os.path.join(directory, "ckpt-*.weights.h5"))]
+    return [path for position, path in sorted(found) if position]
 
 
 def average_checkpoints(model, paths):

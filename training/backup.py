@@ -8,9 +8,10 @@ seed (a layer's `SeedGenerator` state is not among the weights Keras saves). A r
 backs up at the end of every epoch (`training.steps_per_epoch` steps in step-based runs)
 and when `fit` returns:
 
-    backup/epoch-000007/weights.weights.h5   weights + optimizer (step count, Adam moments)
-    backup/epoch-000007/state.json           epochs done, batches taken, dropout seed
-                                             states, seconds trained, finished or not
+    backup/batch-000001015/weights.weights.h5   weights + optimizer (step count, Adam
+                                                moments, gradient-accumulation sums)
+    backup/batch-000001015/state.json           epochs done, batches taken, dropout seed
+                                                states, seconds trained, finished or not
 
 On a restart `restore` loads the newest readable backup and `train` skips the training
 stream forward by the batches already taken (a seeded, deterministic `tf.data` pipeline), so
@@ -32,6 +33,7 @@ import time
 import keras
 
 from keras_transformer.atomic import PARTIAL, remove, replaced_when_done
+from keras_transformer.training.averaging import checkpoint_position, list_checkpoints
 from keras_transformer.training.config import RunError
 from keras_transformer.training.progress import optimizer_steps
 
@@ -61,7 +63,7 @@ class RunBackup(keras.callbacks.Callback):
         self.epochs_done = state.get("epochs_done", 0)
         self.batches = state.get("batches", 0)
         self.seconds_before = state.get("seconds", 0.0)
-        self._started = None
+        self._started = self._saved_at = None
 
     def on_train_begin(self, logs=None):
         self._started = time.time()
@@ -70,6 +72,8 @@ class RunBackup(keras.callbacks.Callback):
         self.batches += 1
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.model.stop_training:  # a cut epoch (step limit, time budget): not done
+            return
         self.epochs_done = epoch + 1
         self.save()
 
@@ -88,6 +92,12 @@ class RunBackup(keras.callbacks.Callback):
                  "seconds": round(self.seconds(), 1), "finished": finished,
                  "seeds": [v.numpy().tolist() for v in _seed_states(self.model)]}
         os.makedirs(self.directory, exist_ok=True)
+        if self._saved_at == self.batches:  # the same weights: only the state changes
+            with replaced_when_done(os.path.join(self._path(self.batches), "state.json")) \
+                    as partial, open(partial, "w") as f:
+                json.dump(state, f)
+            return
+        self._saved_at = self.batches
         # Named by batches taken: sorts in training order; the final save of a run that
         # stopped mid-epoch gets its own name after the last epoch's.
         with replaced_when_done(self._path(self.batches)) as partial:
@@ -111,30 +121,57 @@ def restore(model, directory):
     """Load the newest readable backup in `directory` into `model` (weights, optimizer,
     dropout seeds). Returns its state (see `RunBackup`), or None if there is no backup.
 
-    A backup that cannot be read (a damaged disk, a file changed by hand) falls back to
-    the one before it; if none can be read, RunError says so rather than start over.
+    A backup that cannot be read (a damaged disk, a file changed by hand) or does not fit
+    the model falls back to the one before it; if none can be used, RunError says so
+    rather than start over.
     """
     found = backups(directory)
+    if not found and any(os.path.exists(os.path.join(directory, name))
+                         for name in ("latest.weights.h5", "training_metadata.json")):
+        raise RunError(f"{directory} holds a backup of an earlier version (Keras "
+                       f"BackupAndRestore), which cannot resume step-exactly: average its "
+                       f"checkpoints (`keras-transformer average-checkpoints`), or move "
+                       f"{directory} away to start the run over")
     errors = []
     for path in reversed(found):
         try:
             with open(os.path.join(path, "state.json")) as f:
                 state = json.load(f)
+            seeds = _seed_states(model)
+            if len(seeds) != len(state["seeds"]):
+                raise ValueError(f"{len(state['seeds'])} dropout seed states, the model "
+                                 f"has {len(seeds)}")
             model.load_weights(os.path.join(path, "weights.weights.h5"))
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, TypeError) as e:
             errors.append(f"{os.path.basename(path)}: {' '.join(str(e).split())[:200]}")
             continue
-        seeds = _seed_states(model)
-        if len(seeds) != len(state["seeds"]):
-            raise RunError(f"{path}: the backup holds {len(state['seeds'])} dropout seed "
-                           f"states, the model has {len(seeds)}: not this run's model")
         for variable, value in zip(seeds, state["seeds"]):
             variable.assign(value)
         return state
     if found:
-        raise RunError(f"{directory}: no backup could be read ({'; '.join(errors)}); "
-                       f"move it away to start the run over")
+        raise RunError(f"{directory}: no backup could be read or fits this model "
+                       f"({'; '.join(errors)}); a changed model cannot resume: train into "
+                       f"another --out, or move {directory} away to start the run over")
     return None
+
+
+def discard_after(run_dir, epochs_done):
+    """Remove checkpoints of epochs after the first `epochs_done`: a killed run wrote them
+    after its last backup, and the resumed run writes them again (or, with another config,
+    never — then they must not be averaged)."""
+    for path in list_checkpoints(os.path.join(run_dir, "checkpoints")):
+        if checkpoint_position(path)[0] > epochs_done:  # epochs count from 1 in names
+            remove(path)
+
+
+def remove_backups(directory):
+    """Remove `directory` (a finished run's backups): first renamed to a `.partial-` name,
+    so a kill during the removal never leaves a half-deleted backup that looks whole."""
+    if os.path.isdir(directory):
+        aside = os.path.join(os.path.dirname(directory), PARTIAL + os.path.basename(directory))
+        remove(aside)
+        os.replace(directory, aside)
+        remove(aside)
 
 
 def trim_history(path, epochs_done):
@@ -167,6 +204,11 @@ class StepCheckpoints(keras.callbacks.Callback):
         super().__init__()
         self.directory, self.every = directory, every
         self.epoch, self._last = 0, None
+
+    def on_train_begin(self, logs=None):
+        # A resumed run at a checkpointed step must not save that step again (with
+        # gradient accumulation the step stays the same for a few batches).
+        self._last = optimizer_steps(self.model)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch

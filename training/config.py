@@ -242,6 +242,12 @@ def parse_config(values, where="config"):
         raise ConfigError(f"{where}: training.time_budget_minutes cannot bound a "
                           f"multi_worker run (workers would stop at different steps); "
                           f"set training.max_steps")
+    if training.strategy == "multi_worker" and training.accumulate_batches > 1:
+        # The chief alone saves backups and checkpoints; reading the per-replica gradient
+        # sums for them would be a collective the other workers never join.
+        raise ConfigError(f"{where}: training.accumulate_batches > 1 is not supported with "
+                          f"a multi_worker strategy yet; raise training.batch_tokens or "
+                          f"add workers")
     preset, model_config = _model_config(values.get("model") or {},
                                          sections["tokenizer"].vocab_size, where)
     return RunConfig(model=model_config, model_preset=preset, **sections)

@@ -25,7 +25,6 @@ config than the run's is refused unless `force=True`.
 import json
 import math
 import os
-import shutil
 import time
 
 import keras
@@ -38,7 +37,8 @@ from keras_transformer.training import corpus
 from keras_transformer.training.averaging import average_checkpoints, list_checkpoints
 from keras_transformer.atomic import replaced_when_done
 from keras_transformer.training.backup import (RunBackup, StepCheckpoints, backups,
-                                               discard_partial_files, restore, trim_history)
+                                               discard_after, discard_partial_files,
+                                               remove_backups, restore, trim_history)
 from keras_transformer.training.config import RunError, load_config, save_config
 from keras_transformer.training.data import (epoch_size, make_batches, with_known_length,
                                              worker_shard)
@@ -61,8 +61,8 @@ def load_or_train_tokenizer(config, run_dir, is_chief=True, wait_seconds=1800):
         tokenizer = SubwordTokenizer.train(
             corpus.vocabulary_sentences(config.data, sample, seed=config.training.seed),
             config.tokenizer.vocab_size, input_sentence_size=sample)
-        tokenizer.save(path + ".partial")
-        os.replace(path + ".partial", path)  # workers never read a half-written file
+        with replaced_when_done(path) as partial:  # workers never read half a file
+            tokenizer.save(partial)
         return tokenizer
     waited = 0
     while not os.path.exists(path):
@@ -100,7 +100,9 @@ def callbacks(config, run_dir, backup):
     return [
         StepCheckpoints(os.path.join(run_dir, "checkpoints"), config.training.checkpoint_every),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs"), update_freq=50),
-        keras.callbacks.TerminateOnNaN(),
+        # Raising (not a graceful stop) keeps the last good backup: a graceful stop would
+        # save the diverged weights as the run's finished state.
+        keras.callbacks.TerminateOnNaN(raise_error=True),
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
         # Last: an epoch's history row is written before its backup; a kill between the
         # two re-runs the epoch, and `trim_history` drops the row it logs again.
@@ -114,7 +116,8 @@ def train(config, run_dir, verbose="auto", force=False):
     Returns `(model, tokenizer, summary)`; `summary["chief"]` is False on the other
     workers of a multi-worker run, which write nothing to `run_dir`. A run directory
     started with another config is a RunError unless `force` (then the new config is
-    saved and training continues from the backup with it).
+    saved and an unfinished run continues from its backup with it; a finished run is
+    never trained further). One `train` at a time may use a run directory.
     """
     strategy = make_strategy(config.training.strategy, config.training.devices)
     keras.utils.set_random_seed(config.training.seed)
@@ -127,6 +130,7 @@ def train(config, run_dir, verbose="auto", force=False):
         return _load_finished(run_dir, chief)
     if chief:
         os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+        lock = hold_lock(run_dir)  # noqa: F841 (held until this function returns)
         discard_partial_files(run_dir)
         with replaced_when_done(os.path.join(run_dir, "config.yaml")) as partial:
             save_config(config, partial)
@@ -137,8 +141,9 @@ def train(config, run_dir, verbose="auto", force=False):
     model = build_model(config, tokenizer, strategy)
     backup_dir = os.path.join(run_dir, "backup")
     state = restore(model, backup_dir) or {}
-    if state and chief:
-        trim_history(os.path.join(run_dir, "history.csv"), state["epochs_done"])
+    if chief and not state.get("finished"):  # what the killed run wrote after its backup
+        trim_history(os.path.join(run_dir, "history.csv"), state.get("epochs_done", 0))
+        discard_after(run_dir, state.get("epochs_done", 0))
     # A resumed run reads the same seeded stream from the batch it stopped at, or with
     # `training.resume: reshuffle` a stream seeded afresh (config.py says why).
     taken = state.get("batches", 0)
@@ -165,12 +170,20 @@ def train(config, run_dir, verbose="auto", force=False):
     started = time.time()
     history = {}
     if not state.get("finished"):  # else killed after training, before model.keras
-        history = model.fit(
-            train_data, validation_data=valid_data, epochs=epochs,
-            initial_epoch=state.get("epochs_done", 0), steps_per_epoch=steps_per_epoch,
-            shuffle=False, verbose=verbose if chief else 0,
-            callbacks=[*extra, *(callbacks(config, run_dir, backup) if chief
-                                 else [keras.callbacks.TerminateOnNaN()])]).history
+        try:
+            history = model.fit(
+                train_data, validation_data=valid_data, epochs=epochs,
+                initial_epoch=state.get("epochs_done", 0), steps_per_epoch=steps_per_epoch,
+                shuffle=False, verbose=verbose if chief else 0,
+                callbacks=[*extra, *(callbacks(config, run_dir, backup) if chief else
+                                     [keras.callbacks.TerminateOnNaN(raise_error=True)])]
+            ).history
+        except RuntimeError as e:
+            if "NaN or Inf loss" not in str(e):
+                raise
+            raise RunError(f"training diverged ({e}); the backup of the last epoch end is "
+                           f"kept: lower training.learning_rate_scale or raise "
+                           f"training.warmup_steps, then resume with --force") from None
     train_seconds = time.time() - started
 
     # Read before averaging: loading a checkpoint also restores its optimizer step.
@@ -221,7 +234,7 @@ def train(config, run_dir, verbose="auto", force=False):
         "history": read_history(run_dir),
     }
     write_summary(run_dir, summary)
-    shutil.rmtree(backup_dir, ignore_errors=True)  # the run is complete: nothing to resume
+    remove_backups(backup_dir)  # the run is complete: nothing to resume
     return model, tokenizer, summary
 
 
@@ -239,11 +252,32 @@ def _check_same_config(config, run_dir, force):
         return
     before, now = _flatten(load_config(path).to_dict()), _flatten(config.to_dict())
     changed = [f"{key}: {before.get(key)!r} -> {now.get(key)!r}"
-               for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+               for key in sorted(set(before) | set(now))
+               if before.get(key) != now.get(key) and not key.startswith(_FREE_TO_CHANGE)]
     if changed:
         raise RunError(f"{run_dir} was started with another config ({'; '.join(changed[:4])}"
                        f"{'; ...' if len(changed) > 4 else ''}); train into another --out, "
                        f"or pass --force to continue this run with the new config")
+
+
+# Settings that do not change what training computes up to the backup: how to resume the
+# data stream, and how to score and decode.
+_FREE_TO_CHANGE = ("training.resume", "evaluation.")
+
+
+def hold_lock(run_dir):
+    """An exclusive lock on `run_dir` for this process (released when the returned file
+    is closed or the process ends); a RunError if another process holds it."""
+    import fcntl
+
+    lock = open(os.path.join(run_dir, ".lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise RunError(f"{run_dir} is used by another `train` process; wait for it to end "
+                       f"or train into another --out") from None
+    return lock
 
 
 def _flatten(values, prefix=""):
