@@ -123,5 +123,5 @@ def litert_ids(path, source_ids, beam_size=4, num_threads=None):
     return out["ids"], out["scores"]
 
 
-__all__ = ["UnsupportedOpsError", "buffer_bytes_by_type", "check_operators", "litert_ids", "litert_translator", "load_interpreter",
-           "operator_names"]
+__all__ = ["UnsupportedOpsError", "buffer_bytes_by_type", "check_operators", "litert_ids",
+           "litert_translator", "load_interpreter", "operator_names"]

@@ -119,9 +119,9 @@ class TrainingConfig(_Validated):
     # machines; the steps it trained are in summary.json.
     time_budget_minutes: Optional[float] = None
     # Step-based runs for corpora where one pass takes hours: an "epoch" (validation,
-    # the backup a killed run resumes from, a history row) every `steps_per_epoch` steps instead of one counted pass
-    # over the corpus, and `max_steps` in all (the paper: 100k for base) instead of
-    # `epochs`. None: count one pass / train `epochs` epochs.
+    # the backup a killed run resumes from, a history row) every `steps_per_epoch` steps
+    # instead of one counted pass over the corpus, and `max_steps` in all (the paper: 100k
+    # for base) instead of `epochs`. None: count one pass / train `epochs` epochs.
     steps_per_epoch: Optional[int] = None
     max_steps: Optional[int] = None
     # How a killed run's data stream resumes (training/backup.py). exact: the seeded
