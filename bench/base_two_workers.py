@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -73,17 +72,6 @@ def derive_config(args, source_glob, target_glob):
     return config
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def _write_bytes(pid):
     try:
         with open(f"/proc/{pid}/io") as f:
@@ -95,16 +83,17 @@ def _write_bytes(pid):
 def run_workers(config_path, run_dir, logs, timeout):
     """Launch the two workers, wait for both (killing them after `timeout` s); per worker:
     exit code, wall seconds, peak RSS, bytes written, log file."""
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
+    from keras_transformer.training.strategy import local_tf_configs
+
+    tf_configs = local_tf_configs(2)
+    cluster = json.loads(tf_configs[0])["cluster"]
     # `keras-transformer train`, run as a module of this interpreter so that the workers
     # import the same keras_transformer as this script (PYTHONPATH is inherited).
     command = [sys.executable, "-m", "keras_transformer.cli", "train", "--config",
                config_path, "--out", run_dir, "--verbose", "2", "--no-evaluate", "--no-export"]
     workers = []
     for index in range(2):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=tf_configs[index])
         log = os.path.join(logs, f"worker{index}.log")
         with open(log, "w") as out:
             process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)

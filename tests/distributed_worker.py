@@ -2,22 +2,14 @@
 
     python tests/distributed_worker.py mirrored OUT.npz [untied]
     python tests/distributed_worker.py single OUT.npz [untied]
-    python tests/distributed_worker.py multi_worker OUT.npz INDEX PORT0,PORT1
+    TF_CONFIG=... python tests/distributed_worker.py multi_worker OUT.npz
 """
 
-import json
-import os
 import sys
 
 mode, out = sys.argv[1], sys.argv[2]
 # "untied": separate source/target embeddings and output projection (other gradient paths).
 untied = mode != "multi_worker" and sys.argv[3:] == ["untied"]
-if mode == "multi_worker":
-    index, ports = int(sys.argv[3]), sys.argv[4].split(",")
-    os.environ["TF_CONFIG"] = json.dumps({
-        "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
-        "task": {"type": "worker", "index": index},
-    })
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

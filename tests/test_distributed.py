@@ -1,12 +1,13 @@
 """`model.fit` under MirroredStrategy (2 logical CPUs) and MultiWorkerMirroredStrategy."""
 
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+
+from keras_transformer.training.strategy import local_tf_configs
 
 WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
 
@@ -36,21 +37,9 @@ def test_mirrored_step_equals_single_device_global_token_mean(tmp_path, embeddin
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def _free_ports(count=2):
-    """`count` distinct ports free right now (all bound at once, then released)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def test_multi_worker_fit_ends_with_identical_weights(tmp_path):
-    ports = ",".join(map(str, _free_ports()))
-    workers = [_run("multi_worker", tmp_path / f"w{i}.npz", i, ports) for i in (0, 1)]
+    workers = [_run("multi_worker", tmp_path / f"w{i}.npz", env=dict(os.environ, TF_CONFIG=c))
+               for i, c in enumerate(local_tf_configs(2))]
     assert [w.wait(timeout=300) for w in workers] == [0, 0]
     (n0, _, w0), (n1, _, w1) = _updates(tmp_path / "w0.npz"), _updates(tmp_path / "w1.npz")
     assert n0 == n1 == 2
@@ -83,14 +72,11 @@ def test_two_worker_train_writes_the_run_directory_once(tmp_path):
     cli = os.path.join(os.path.dirname(sys.executable), "keras-transformer")
 
     def start_workers():
-        ports = _free_ports()
         return [subprocess.Popen(
             [cli, "train", "--config", str(path), "--out", str(run_dir), "--verbose", "0",
              "--no-evaluate", "--no-export"],
-            env=dict(os.environ, TF_CONFIG=json.dumps({
-                "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
-                "task": {"type": "worker", "index": index}})),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for index in (0, 1)]
+            env=dict(os.environ, TF_CONFIG=tf_config), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True) for tf_config in local_tf_configs(2)]
 
     workers, deadline = start_workers(), time.time() + 300
     while not backups(str(run_dir / "backup")) and time.time() < deadline:

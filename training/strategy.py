@@ -8,9 +8,33 @@
 - "tpu": TPUStrategy on the TPU named by TPU_NAME (or the local one).
 """
 
+import json
+import socket
+
 import tensorflow as tf
 
 from keras_transformer.training.config import STRATEGIES  # one list, also checked in configs
+
+
+def local_tf_configs(workers=2):
+    """TF_CONFIG values (JSON) for `workers` processes on this machine, one per
+    `task.index` (0 is the chief), on ports of 127.0.0.1 free right now: a
+    multi-worker run tried on one host.
+
+    >>> configs = local_tf_configs(2)
+    >>> [json.loads(c)["task"]["index"] for c in configs]
+    [0, 1]
+    """
+    sockets = [socket.socket() for _ in range(workers)]
+    try:
+        for s in sockets:  # bound together: distinct ports
+            s.bind(("127.0.0.1", 0))
+        cluster = {"worker": [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]}
+    finally:
+        for s in sockets:
+            s.close()
+    return [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+            for index in range(workers)]
 
 
 def split_cpu(devices):

@@ -13,6 +13,7 @@ A run directory holds everything needed to resume, evaluate and export:
     translator.keras   the same weights with the vocabulary and decoding options
     learning_curve.png loss and accuracy per epoch (matplotlib)
     summary.json       steps, wall time, final metrics
+    .lock              held by the `train` process using the directory
 
 In a multi-worker run only the chief writes the run directory; every worker restores from
 its backup (the weights are the same on all of them) and logs nowhere else.
