@@ -271,7 +271,8 @@ def hold_lock(run_dir):
     is closed or the process ends); a RunError if another process holds it."""
     import fcntl
 
-    lock = open(os.path.join(run_dir, ".lock"), "w")
+    # Not a `with` block: the lock must outlive this function (the caller holds the file).
+    lock = open(os.path.join(run_dir, ".lock"), "w")  # noqa: SIM115
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
