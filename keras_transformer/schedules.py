@@ -1,4 +1,4 @@
-"""The learning-rate schedule and optimizer of §5.3."""
+"""The learning-rate schedule and optimizer of §5.3, and a cosine variant for fixed budgets."""
 
 import keras
 from keras import ops
@@ -31,9 +31,43 @@ class InverseSqrtSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return {"d_model": self.d_model, "warmup_steps": self.warmup_steps, "scale": self.scale}
 
 
-def paper_optimizer(d_model, warmup_steps=4000, scale=1.0, **kwargs):
-    """Adam(β₁=0.9, β₂=0.98, ε=1e-9) on the warm-up / inverse-sqrt schedule."""
+def peak_learning_rate(d_model, warmup_steps, scale=1.0):
+    """The paper schedule's rate at the end of warm-up: scale · d_model^-0.5 · warmup^-0.5."""
+    return scale * float(d_model) ** -0.5 * float(warmup_steps) ** -0.5
+
+
+def learning_rate_schedule(d_model, warmup_steps=4000, scale=1.0, decay="inverse_sqrt",
+                           total_steps=None):
+    """The warm-up schedule with the paper's decay or a cosine decay to zero.
+
+    Both warm up linearly to the same peak (`peak_learning_rate`), so `scale` means the
+    same for either. `decay="inverse_sqrt"` is eq. 3; `decay="cosine"` is Keras'
+    `CosineDecay`, reaching zero at `total_steps` (all optimizer updates of the run): a
+    run whose length is known in advance ends on small steps instead of on the
+    inverse-sqrt tail (training/results/sweep/ compares the two).
+
+    Example:
+    >>> schedule = learning_rate_schedule(128, 600, 0.5, "cosine", total_steps=3000)
+    >>> round(float(schedule(600)), 6), float(schedule(3000))
+    (0.001804, 0.0)
+    """
+    if decay == "inverse_sqrt":
+        return InverseSqrtSchedule(d_model, warmup_steps, scale)
+    if decay != "cosine":
+        raise ValueError(f"decay must be inverse_sqrt or cosine, not {decay!r}")
+    if not total_steps or total_steps <= warmup_steps:
+        raise ValueError(f"a cosine decay needs total_steps > warmup_steps ({warmup_steps}), "
+                         f"got {total_steps}")
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, total_steps - warmup_steps, alpha=0.0,
+        warmup_target=peak_learning_rate(d_model, warmup_steps, scale),
+        warmup_steps=warmup_steps)
+
+
+def paper_optimizer(d_model, warmup_steps=4000, scale=1.0, decay="inverse_sqrt",
+                    total_steps=None, **kwargs):
+    """Adam(β₁=0.9, β₂=0.98, ε=1e-9) on the warm-up schedule (`learning_rate_schedule`)."""
     return keras.optimizers.Adam(
-        learning_rate=InverseSqrtSchedule(d_model, warmup_steps, scale),
+        learning_rate=learning_rate_schedule(d_model, warmup_steps, scale, decay, total_steps),
         beta_1=0.9, beta_2=0.98, epsilon=1e-9, **kwargs,
     )

@@ -1,6 +1,7 @@
 """A tiny model trained with `model.fit` learns to reverse sequences."""
 
 import numpy as np
+import pytest
 
 import keras_transformer as kt
 from keras_transformer.losses import MaskedAccuracy, MaskedCrossEntropy
@@ -44,3 +45,16 @@ def test_tiny_model_learns_to_reverse(reverse_model):
     model, x_val, y_val = reverse_model
     _, accuracy = model.evaluate(x_val, y_val, batch_size=256, verbose=0)
     assert accuracy >= 0.99
+
+
+def test_cosine_schedule_peaks_with_the_paper_schedule_and_ends_at_zero():
+    from keras_transformer.schedules import learning_rate_schedule
+
+    paper = learning_rate_schedule(128, 600, 0.5)
+    cosine = learning_rate_schedule(128, 600, 0.5, "cosine", total_steps=3000)
+    # Same warm-up line, the same peak (the paper schedule counts steps from 1).
+    np.testing.assert_allclose(float(cosine(600)), float(paper(599)), rtol=1e-6)
+    np.testing.assert_allclose(float(cosine(300)), float(paper(299)), rtol=1e-2)
+    rates = [float(cosine(step)) for step in range(600, 3001, 200)]
+    assert all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] == 0.0
+    assert float(cosine(1800)) == pytest.approx(float(cosine(600)) / 2, rel=1e-5)  # halfway

@@ -214,6 +214,7 @@ BAD_VALUES = [
     ("training", "resume", "fast"),
     ("training", "mixed_precision", "bfloat16"),
     ("training", "warmup_steps", 0),
+    ("training", "decay", "linear"),
     ("training", "batch_tokens", 0),
     ("training", "epochs", 0),
     ("training", "epochs", "abc"),

@@ -7,6 +7,7 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 import yaml
 
 from keras_transformer import cli
@@ -149,3 +150,42 @@ def test_step_based_run_skips_the_counting_pass_and_stops_at_max_steps(tmp_path)
     assert summary["steps"] == summary["steps_this_run"] == 7
     assert summary["steps_per_epoch"] == 3 and summary["epochs_this_run"] == 3
     assert summary["target_tokens_per_epoch"] is None
+
+
+def test_cosine_run_ends_at_zero_and_averages_its_final_weights(tmp_path):
+    """`training.decay: cosine` reaches a learning rate of zero on the run's last update;
+    a run that stops between checkpoints averages its final weights with the last ones,
+    and the saved optimizer keeps its own step (a checkpoint's would rewind it)."""
+    from keras_transformer.training.config import RunError, parse_config
+    from keras_transformer.training.train import train
+
+    values = yaml.safe_load(open(TINY_CONFIG))
+    values["training"].update(epochs=50, steps_per_epoch=3, max_steps=7, warmup_steps=2,
+                              decay="cosine", checkpoint_every=3, average_last=3)
+    _, _, summary = train(parse_config(values), str(tmp_path / "run"), verbose=0)
+    assert summary["steps"] == 7
+    # Checkpoints at steps 3 and 6, the final weights at step 7 (if they validate no worse).
+    assert summary["averaged_checkpoints"] in (
+        ["ckpt-e001-b000003.weights.h5", "ckpt-e002-b000003.weights.h5", "final"], [])
+    model = keras.models.load_model(str(tmp_path / "run" / "model.keras"))
+    assert int(model.optimizer.iterations.numpy()) == 7
+    assert float(model.optimizer.learning_rate) == 0.0
+    values["training"].update(max_steps=2)  # all of it warm-up: refused in one line
+    with pytest.raises(RunError, match=r"end before training.warmup_steps \(2\) is over"):
+        train(parse_config(values), str(tmp_path / "short"), verbose=0)
+
+
+def test_average_with_the_current_weights_is_the_mean_and_keeps_the_optimizer(tiny_run):
+    paths = list_checkpoints(os.path.join(tiny_run, "checkpoints"))[-2:]
+    model = keras.models.load_model(os.path.join(tiny_run, "model.keras"))
+    step = int(model.optimizer.iterations.numpy())
+    states = [[w.copy() for w in model.get_weights()]]
+    for path in paths:
+        model.load_weights(path)
+        states.append([w.copy() for w in model.get_weights()])
+    model.set_weights(states[0])
+    model.optimizer.iterations.assign(step)
+    average_checkpoints(model, paths, include_current=True)
+    for i, averaged in enumerate(model.get_weights()):
+        np.testing.assert_allclose(averaged, np.mean([s[i] for s in states], axis=0), atol=1e-6)
+    assert int(model.optimizer.iterations.numpy()) == step

@@ -22,15 +22,25 @@ def list_checkpoints(directory):
     return [path for position, path in sorted(found) if position]
 
 
-def average_checkpoints(model, paths):
-    """Load the mean of the weights stored in `paths` into `model`; returns the model."""
-    if not paths:
+def average_checkpoints(model, paths, include_current=False):
+    """Load the mean of the weights stored in `paths` into `model`; returns the model.
+
+    `include_current` adds the model's own weights to the mean (a run that stopped
+    between two checkpoints averages its final weights too). The optimizer's state (its
+    step, hence the learning rate) stays the model's own: a weights file would restore it.
+    """
+    if not paths and not include_current:
         raise ValueError("No checkpoints to average")
-    total = None
+    optimizer = getattr(model, "optimizer", None)
+    optimizer_state = [v.numpy() for v in optimizer.variables] if optimizer else []
+    total = ([np.asarray(v.numpy(), dtype=np.float64) for v in model.weights]
+             if include_current else None)
     for path in paths:
         model.load_weights(path)
         values = [np.asarray(v.numpy(), dtype=np.float64) for v in model.weights]
         total = values if total is None else [t + v for t, v in zip(total, values)]
     for variable, summed in zip(model.weights, total):
-        variable.assign((summed / len(paths)).astype(variable.dtype))
+        variable.assign((summed / (len(paths) + include_current)).astype(variable.dtype))
+    for variable, value in zip(optimizer.variables if optimizer else [], optimizer_state):
+        variable.assign(value)
     return model

@@ -105,6 +105,10 @@ class TrainingConfig(_Validated):
     accumulate_batches: int = 1
     warmup_steps: int = 4000
     learning_rate_scale: float = 1.0
+    # After warm-up: inverse_sqrt (the paper's eq. 3) or cosine, a decay to zero at the
+    # run's last update (epochs x steps per epoch, or max_steps). A time budget that stops
+    # the run first leaves the cosine short of zero.
+    decay: str = "inverse_sqrt"
     shuffle_buffer: int = 30000
     strategy: str = "default"  # default | mirrored | multi_worker | tpu
     devices: Optional[int] = None  # mirrored: split the CPU into this many logical devices
@@ -136,6 +140,7 @@ class TrainingConfig(_Validated):
         "epochs": at_least(1), "batch_tokens": at_least(1), "warmup_steps": at_least(1),
         "accumulate_batches": at_least(1),
         "learning_rate_scale": (lambda value: value > 0, "> 0"),
+        "decay": one_of("inverse_sqrt", "cosine"),
         "shuffle_buffer": at_least(0), "strategy": one_of(*STRATEGIES),
         "resume": one_of("exact", "reshuffle"),
         "devices": at_least(1), "mixed_precision": one_of(*MIXED_PRECISION),

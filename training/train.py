@@ -75,15 +75,19 @@ def load_or_train_tokenizer(config, run_dir, is_chief=True, wait_seconds=1800):
     return SubwordTokenizer.load(path)
 
 
-def build_model(config, tokenizer, strategy):
-    """The model and its compiled recipe, created under the strategy's scope."""
+def build_model(config, tokenizer, strategy, total_updates=None):
+    """The model and its compiled recipe, created under the strategy's scope.
+
+    `total_updates` (the run's planned optimizer updates) ends a cosine decay.
+    """
     training = config.training
     dtype, jit_compile = resolve_precision(training.mixed_precision, training.jit_compile)
     model_config = config.model.replace(vocab_size=tokenizer.vocab_size)
     with strategy.scope():
         model = Transformer(model_config, dtype=dtype)
         optimizer = paper_optimizer(model_config.d_model, training.warmup_steps,
-                                    training.learning_rate_scale)
+                                    training.learning_rate_scale, training.decay,
+                                    total_updates)
         if dtype == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(
@@ -139,7 +143,14 @@ def train(config, run_dir, verbose="auto", force=False):
     batches = {"tokenizer": tokenizer, "batch_tokens": config.training.batch_tokens,
                "max_length": config.data.max_length}
     steps_per_epoch, tokens_per_epoch, epochs = _epochs(config, batches, num_workers)
-    model = build_model(config, tokenizer, strategy)
+    # Updates planned: a step limit or the epochs, each k batches with accumulation.
+    total_updates = config.training.max_steps or (
+        epochs * steps_per_epoch // config.training.accumulate_batches)
+    if config.training.decay == "cosine" and total_updates <= config.training.warmup_steps:
+        raise RunError(f"training.decay cosine: the run's {total_updates} updates end before "
+                       f"training.warmup_steps ({config.training.warmup_steps}) is over; "
+                       "lower warmup_steps or train longer")
+    model = build_model(config, tokenizer, strategy, total_updates)
     backup_dir = os.path.join(run_dir, "backup")
     state = restore(model, backup_dir) or {}
     if chief and not state.get("finished"):  # what the killed run wrote after its backup
@@ -195,15 +206,25 @@ def train(config, run_dir, verbose="auto", force=False):
         # Averaging validates the model, a collective under MultiWorkerMirroredStrategy
         # that the other workers no longer join: the chief finishes on a local copy.
         weights, model = model.get_weights(), build_model(config, tokenizer,
-                                                          make_strategy("default"))
+                                                          make_strategy("default"),
+                                                          total_updates)
         model.set_weights(weights)
+    # The last `average_last` states of the run: its final weights count as one when
+    # the run stopped between checkpoints (e.g. by the time budget).
+    last = config.training.average_last
+    between = steps % config.training.checkpoint_every != 0
     checkpoints = list_checkpoints(os.path.join(run_dir, "checkpoints"))
-    averaged = checkpoints[-config.training.average_last:] if config.training.average_last else []
-    if len(averaged) > 1:
+    keep = last - between  # checkpoint files to take
+    averaged = checkpoints[-keep:] if keep > 0 else []
+    if len(averaged) + between > 1:
         final_weights = model.get_weights()
-        average_checkpoints(model, averaged)
-        if not _no_worse(model, valid_data, final_weights):
+        average_checkpoints(model, averaged, include_current=between)
+        if _no_worse(model, valid_data, final_weights):
+            averaged = [os.path.basename(p) for p in averaged] + ["final"] * between
+        else:
             averaged = []
+    else:
+        averaged = []
     with replaced_when_done(os.path.join(run_dir, "model.keras")) as partial:
         model.save(partial)
     # The text-level model: weights, vocabulary and decoding options in one file.
@@ -229,7 +250,7 @@ def train(config, run_dir, verbose="auto", force=False):
         "target_tokens_per_second": round(
             tokens_per_epoch / steps_per_epoch * clock.steps / train_seconds
         ) if tokens_per_epoch and clock.steps else None,
-        "averaged_checkpoints": [os.path.basename(p) for p in averaged],
+        "averaged_checkpoints": averaged,
         "vocab_size": tokenizer.vocab_size,
         "parameters": model.count_params(),
         "history": read_history(run_dir),
