@@ -186,8 +186,13 @@ def to_tflite(module, quantize="none"):
     """Convert a module's functions (builtins + tf-text custom ops) to flatbuffer bytes."""
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
+    # The converter saves its `trackable_obj` as a SavedModel and loads it back. Given the
+    # module, that meant the whole Keras model and all its functions; the traced
+    # functions read frozen constants (FrozenWeights), so an empty holder suffices: the
+    # main-job translator (4 signatures) converts in 19 s at 2.6 GB peak instead of 64 s
+    # at 3.9 GB, to the same flatbuffer size (AVX2 EPYC, 2 cores).
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        module.concrete_functions(), module)
+        module.concrete_functions(), tf.Module())
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     converter.allow_custom_ops = True  # tensorflow-text tokenizer ops only (checked)
     if quantize != "none":
