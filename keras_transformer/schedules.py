@@ -42,9 +42,10 @@ def learning_rate_schedule(d_model, warmup_steps=4000, scale=1.0, decay="inverse
 
     Both warm up linearly to the same peak (`peak_learning_rate`), so `scale` means the
     same for either. `decay="inverse_sqrt"` is eq. 3; `decay="cosine"` is Keras'
-    `CosineDecay`, reaching zero at `total_steps` (all optimizer updates of the run): a
-    run whose length is known in advance ends on small steps instead of on the
-    inverse-sqrt tail (training/results/sweep/ compares the two).
+    `CosineDecay`, reaching zero once `total_steps` updates (all of the run's) are done:
+    a run whose length is known in advance ends on small steps instead of on the
+    inverse-sqrt tail (training/results/sweep/ compares the two). Its warm-up line starts
+    at 0 (Keras reads the rate before each update), one update behind eq. 3's.
 
     Example:
     >>> schedule = learning_rate_schedule(128, 600, 0.5, "cosine", total_steps=3000)

@@ -318,6 +318,8 @@ BAD = {
     "mixed_precision": ("training", st.text(max_size=16).filter(
         lambda s: s not in ("none", "auto", "mixed_bfloat16", "mixed_float16"))),
     "warmup_steps": ("training", _AT_LEAST_1),
+    "decay": ("training", st.text(max_size=16).filter(
+        lambda s: s not in ("inverse_sqrt", "cosine"))),
     "batch_tokens": ("training", _AT_LEAST_1),
     "epochs": ("training", _AT_LEAST_1),
     "checkpoint_every": ("training", _AT_LEAST_1),

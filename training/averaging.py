@@ -26,8 +26,9 @@ def average_checkpoints(model, paths, include_current=False):
     """Load the mean of the weights stored in `paths` into `model`; returns the model.
 
     `include_current` adds the model's own weights to the mean (a run that stopped
-    between two checkpoints averages its final weights too). The optimizer's state (its
-    step, hence the learning rate) stays the model's own: a weights file would restore it.
+    between two checkpoints averages its final weights too). The optimizer's variables
+    (its step, hence the learning rate, and moments) stay the model's own, where a weights
+    file would restore the last checkpoint's.
     """
     if not paths and not include_current:
         raise ValueError("No checkpoints to average")

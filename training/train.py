@@ -36,7 +36,7 @@ from keras_transformer.schedules import paper_optimizer
 from keras_transformer.tokenizer import SubwordTokenizer
 from keras_transformer.training import corpus
 from keras_transformer.training.averaging import average_checkpoints, list_checkpoints
-from keras_transformer.atomic import replaced_when_done
+from keras_transformer.atomic import remove, replaced_when_done
 from keras_transformer.training.backup import (RunBackup, StepCheckpoints, backups,
                                                discard_after, discard_partial_files,
                                                remove_backups, restore, trim_history)
@@ -133,6 +133,7 @@ def train(config, run_dir, verbose="auto", force=False):
     _check_same_config(config, run_dir, force)
     if _finished(run_dir):
         return _load_finished(run_dir, chief)
+    fresh = chief and not os.path.exists(os.path.join(run_dir, "config.yaml"))
     if chief:
         os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
         lock = hold_lock(run_dir)  # noqa: F841 (held until this function returns)
@@ -147,6 +148,9 @@ def train(config, run_dir, verbose="auto", force=False):
     total_updates = config.training.max_steps or (
         epochs * steps_per_epoch // config.training.accumulate_batches)
     if config.training.decay == "cosine" and total_updates <= config.training.warmup_steps:
+        if fresh:  # nothing trained: the corrected config must not meet "another config"
+            for name in ("config.yaml", "tokenizer.model"):
+                remove(os.path.join(run_dir, name))
         raise RunError(f"training.decay cosine: the run's {total_updates} updates end before "
                        f"training.warmup_steps ({config.training.warmup_steps}) is over; "
                        "lower warmup_steps or train longer")
@@ -205,10 +209,11 @@ def train(config, run_dir, verbose="auto", force=False):
             return model, tokenizer, {"chief": False, "steps": steps}
         # Averaging validates the model, a collective under MultiWorkerMirroredStrategy
         # that the other workers no longer join: the chief finishes on a local copy.
-        weights, model = model.get_weights(), build_model(config, tokenizer,
-                                                          make_strategy("default"),
-                                                          total_updates)
-        model.set_weights(weights)
+        trained, model = model, build_model(config, tokenizer, make_strategy("default"),
+                                            total_updates)
+        model.set_weights(trained.get_weights())
+        for local, variable in zip(model.optimizer.variables, trained.optimizer.variables):
+            local.assign(variable.numpy())  # its step and moments, saved in model.keras
     # The last `average_last` states of the run: its final weights count as one when
     # the run stopped between checkpoints (e.g. by the time budget).
     last = config.training.average_last
