@@ -156,9 +156,13 @@ def test_cosine_run_ends_at_zero_and_averages_its_final_weights(tmp_path, monkey
     """`training.decay: cosine` reaches a learning rate of zero on the run's last update;
     a run that stops between checkpoints averages its final weights with the last ones,
     and the saved optimizer keeps its own step (a checkpoint's would rewind it)."""
-    from keras_transformer.training import train as train_module
+    import importlib
+
     from keras_transformer.training.config import RunError, parse_config
     from keras_transformer.training.train import train
+
+    # The module, not the `train` function the package also exports under that name.
+    train_module = importlib.import_module("keras_transformer.training.train")
 
     # Keep the average whatever it validates, so the test sees which states were averaged.
     monkeypatch.setattr(train_module, "_no_worse", lambda *args: True)
