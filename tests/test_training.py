@@ -204,3 +204,29 @@ def test_average_with_the_current_weights_is_the_mean_and_keeps_the_optimizer(ti
         np.testing.assert_allclose(averaged, np.mean([s[i] for s in states], axis=0), atol=1e-6)
     for variable, value in zip(model.optimizer.variables, optimizer_state):
         np.testing.assert_array_equal(variable.numpy(), value)
+
+
+def test_decoding_sweep_scores_validation_like_evaluate(tiny_run, tmp_path, capsys):
+    from keras_transformer.training import decoding_sweep
+
+    rows = list(decoding_sweep.sweep(tiny_run, [1, 2], [1, 2], [0.6], limit=24))
+    assert [(r["average"], r["beam"]) for r in rows] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert all(r["split"] == "valid" and len(r["hypotheses"]) == 24 for r in rows)
+    # K=1 is the last checkpoint alone: the same translations as `evaluate --checkpoint`.
+    last = list_checkpoints(os.path.join(tiny_run, "checkpoints"))[-1]
+    assert cli.main(["evaluate", "--run", tiny_run, "--split", "valid", "--limit", "24",
+                     "--beam", "2", "--checkpoint", last]) == 0
+    name = os.path.basename(last)[: -len(".weights.h5")]
+    with open(os.path.join(tiny_run, f"valid.{name}.hyp"), encoding="utf-8") as f:
+        assert rows[1]["hypotheses"] == f.read().splitlines()
+    assert rows[2]["checkpoints"] == [os.path.basename(p) for p in
+                                      list_checkpoints(os.path.join(tiny_run, "checkpoints"))[-2:]]
+
+    out = str(tmp_path / "decoding")
+    assert decoding_sweep.main(["--run", tiny_run, "--average", "2", "--limit", "8",
+                                "--out", out]) == 0
+    table = open(out + ".results.md", encoding="utf-8").read()
+    assert "| 2 | 4 | 0.6 |" in table and "--average 2 --limit 8" in table
+    assert decoding_sweep.main(["--run", tiny_run, "--average", "999", "--out", out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--average 999" in err
