@@ -1,0 +1,109 @@
+"""Decoding-side recipe search on the validation split: checkpoints averaged, beam, α.
+
+    python -m keras_transformer.training.decoding_sweep --run runs/multi30k_en_de \
+        --average 1 5 10 --beam 4 6 --alpha 0.6 1.0 \
+        --out training/results/sweep/decoding
+
+A trained run keeps every checkpoint, so how many to average (§6.1) and how to search
+(§6.1: beam 4, α 0.6) can be chosen after training without training again. For each K
+the model is the mean of the run's last K checkpoints (K=1: the last alone); every
+(beam, α) then translates the validation split (never the test set) and is scored with
+sacreBLEU. Rows go to `OUT.results.jsonl` and a table with the command to
+`OUT.results.md`. Decoding seconds are wall time (XLA compilations
+included) with whatever else runs: a cost hint, not a benchmark.
+"""
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+
+from keras_transformer.translation import TextTranslator, translate_lines
+from keras_transformer.training import corpus
+from keras_transformer.training.averaging import average_checkpoints, list_checkpoints
+from keras_transformer.training.config import RunError
+from keras_transformer.training.evaluate import bleu, load_run
+
+
+def sweep(run_dir, averages, beams, alphas, split="valid", limit=None):
+    """Yield one row (dict) per (K, beam, α); K counts the run's last checkpoints.
+
+    A row holds the scores and the `hypotheses` themselves (`main` writes all but those).
+    """
+    if split == "test":
+        raise RunError("the decoding sweep tunes on the validation split, not the test set")
+    paths = list_checkpoints(os.path.join(run_dir, "checkpoints"))
+    too_many = [k for k in averages if not 1 <= k <= len(paths)]
+    if too_many:
+        raise RunError(f"--average {too_many[0]}: {run_dir} has {len(paths)} checkpoints")
+    config, model, tokenizer = load_run(run_dir, checkpoint="latest")
+    translator = TextTranslator(model, tokenizer, config.evaluation.decoding_options())
+    sources, references = corpus.split_lines(config.data, split)
+    if limit:
+        sources, references = sources[:limit], references[:limit]
+    for k in averages:
+        average_checkpoints(model, paths[-k:])  # the compiled decoders read these variables
+        for beam in beams:
+            for alpha in alphas:
+                def translate(batch, beam=beam, alpha=alpha):
+                    return translator.translate(batch, beam, alpha).numpy()
+
+                started = time.perf_counter()
+                hypotheses = translate_lines(translate, sources,
+                                             config.evaluation.batch_size, verbose=0)
+                seconds = time.perf_counter() - started
+                result, _ = bleu(hypotheses, references)
+                lowercased, _ = bleu(hypotheses, references, lowercase=True)
+                yield {"average": k, "checkpoints": [os.path.basename(p) for p in paths[-k:]],
+                       "beam": beam, "alpha": alpha, "split": split,
+                       "sentences": len(sources), "bleu": round(result.score, 2),
+                       "bleu_lowercase": round(lowercased.score, 2),
+                       "decode_seconds": round(seconds, 1), "hypotheses": hypotheses}
+
+
+def write_table(rows, path, command):
+    best = max(rows, key=lambda r: r["bleu"])
+    lines = ["| checkpoints averaged | beam | α | val BLEU | lowercased | decode s |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        mark = "**" if r is best else ""
+        lines.append(f"| {r['average']} | {r['beam']} | {r['alpha']} | "
+                     f"{mark}{r['bleu']:.2f}{mark} | {r['bleu_lowercase']:.2f} | "
+                     f"{r['decode_seconds']:.1f} |")
+    lines += ["", f"Command: `{command}` ({rows[0]['sentences']} {rows[0]['split']} "
+                  f"sentences, cased sacreBLEU 13a)."]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", required=True, help="a finished training run directory")
+    parser.add_argument("--average", type=int, nargs="+", default=[1, 5],
+                        help="numbers of last checkpoints to average")
+    parser.add_argument("--beam", type=int, nargs="+", default=[4])
+    parser.add_argument("--alpha", type=float, nargs="+", default=[0.6])
+    parser.add_argument("--limit", type=int, help="score only the first N sentences")
+    parser.add_argument("--out", required=True, help="path stem of the result files")
+    args = parser.parse_args(argv)
+    command = "python -m keras_transformer.training.decoding_sweep " + shlex.join(
+        sys.argv[1:] if argv is None else argv)
+    rows = []
+    try:
+        for row in sweep(args.run, args.average, args.beam, args.alpha, limit=args.limit):
+            del row["hypotheses"]
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "checkpoints"}), flush=True)
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with open(args.out + ".results.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    write_table(rows, args.out + ".results.md", command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
