@@ -225,7 +225,8 @@ def test_decoding_sweep_scores_validation_like_evaluate(tiny_run, tmp_path, caps
     out = str(tmp_path / "decoding")
     assert decoding_sweep.main(["--run", tiny_run, "--average", "2", "--limit", "8",
                                 "--out", out]) == 0
-    table = open(out + ".results.md", encoding="utf-8").read()
+    with open(out + ".results.md", encoding="utf-8") as f:
+        table = f.read()
     assert "| 2 | 4 | 0.6 |" in table and "--average 2 --limit 8" in table
     assert decoding_sweep.main(["--run", tiny_run, "--average", "999", "--out", out]) == 2
     err = capsys.readouterr().err.strip()

@@ -24,7 +24,7 @@ from keras_transformer.translation import TextTranslator, translate_lines
 from keras_transformer.training import corpus
 from keras_transformer.training.averaging import average_checkpoints, list_checkpoints
 from keras_transformer.training.config import RunError
-from keras_transformer.training.evaluate import bleu, load_run
+from keras_transformer.training.evaluate import bleu, load_run, other_scores
 
 
 def sweep(run_dir, averages, beams, alphas, split="valid", limit=None):
@@ -55,11 +55,10 @@ def sweep(run_dir, averages, beams, alphas, split="valid", limit=None):
                                              config.evaluation.batch_size, verbose=0)
                 seconds = time.perf_counter() - started
                 result, _ = bleu(hypotheses, references)
-                lowercased, _ = bleu(hypotheses, references, lowercase=True)
                 yield {"average": k, "checkpoints": [os.path.basename(p) for p in paths[-k:]],
                        "beam": beam, "alpha": alpha, "split": split,
                        "sentences": len(sources), "bleu": round(result.score, 2),
-                       "bleu_lowercase": round(lowercased.score, 2),
+                       **other_scores(hypotheses, references),
                        "decode_seconds": round(seconds, 1), "hypotheses": hypotheses}
 
 
@@ -95,7 +94,8 @@ def main(argv=None):
         for row in sweep(args.run, args.average, args.beam, args.alpha, limit=args.limit):
             del row["hypotheses"]
             rows.append(row)
-            print(json.dumps({k: v for k, v in row.items() if k != "checkpoints"}), flush=True)
+            print(json.dumps({k: v for k, v in row.items()
+                              if k not in ("checkpoints", "chrf_signature")}), flush=True)
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
