@@ -6,6 +6,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keras_transformer import decoding
 from keras_transformer.decoding_options import DecodingOptions
@@ -27,6 +29,32 @@ def test_length_penalty_formula():
         for alpha in (0.0, 0.6, 1.0):
             expected = ((5 + length) / 6) ** alpha
             assert abs(float(decoding.length_penalty(length, alpha)) - expected) < 1e-5
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 5), n=st.integers(1, 400), k=st.integers(1, 8),
+       levels=st.sampled_from([3, 50, 10**6]), seed=st.integers(0, 2**31 - 1))
+def test_top_k_by_blocks_equals_top_k(rows, n, k, levels, seed):
+    """Same values and indices as `tf.math.top_k`, ties (few levels) included, for any
+    width (padded last block, fewer blocks than k: the fallback)."""
+    k = min(k, n)
+    values = np.random.default_rng(seed).integers(0, levels, (rows, n)).astype(np.float32)
+    expected = tf.math.top_k(values, k)
+    top, index, block_max = decoding.top_k_by_blocks(tf.constant(values), k, block=16)
+    np.testing.assert_array_equal(top, expected.values)
+    np.testing.assert_array_equal(index, expected.indices)
+    if block_max is not None:
+        np.testing.assert_allclose(decoding._log_normaliser(values, block_max),
+                                   tf.reduce_logsumexp(values, -1, keepdims=True), rtol=1e-6)
+
+
+def test_top_k_by_blocks_under_xla():
+    values = tf.random.stateless_normal([128, 8000], (3, 4))
+    blocked = tf.function(lambda v: decoding.top_k_by_blocks(v, 8)[:2], jit_compile=True)
+    top, index = blocked(values)
+    expected = tf.math.top_k(values, 8)
+    np.testing.assert_array_equal(top, expected.values)
+    np.testing.assert_array_equal(index, expected.indices)
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
