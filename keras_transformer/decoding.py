@@ -181,10 +181,10 @@ def top_k_by_blocks(values, k, block=TOP_K_BLOCK):
     array([[ 96, 193, 290]], dtype=int32)
     """
     n = values.shape[-1]
-    if n is None or -(-n // block) < k:
+    blocks = None if n is None else -(-n // block)
+    if blocks is None or blocks < k:
         top = tf.math.top_k(values, k)
         return top.values, top.indices, None
-    blocks = -(-n // block)
     padded = tf.pad(values, [[0, 0], [0, blocks * block - n]], constant_values=float("-inf"))
     by_block = tf.reshape(padded, [-1, blocks, block])                      # [rows, blocks, block]
     block_max = tf.reduce_max(by_block, axis=-1)                            # [rows, blocks]

@@ -30,13 +30,13 @@ import time
 
 import keras
 
+from keras_transformer.atomic import remove, replaced_when_done
 from keras_transformer.losses import MaskedAccuracy, MaskedCrossEntropy
 from keras_transformer.model import Transformer
 from keras_transformer.schedules import paper_optimizer
 from keras_transformer.tokenizer import SubwordTokenizer
 from keras_transformer.training import corpus
 from keras_transformer.training.averaging import average_checkpoints, list_checkpoints
-from keras_transformer.atomic import remove, replaced_when_done
 from keras_transformer.training.backup import (RunBackup, StepCheckpoints, backups,
                                                discard_after, discard_partial_files,
                                                remove_backups, restore, trim_history)
