@@ -19,8 +19,9 @@ _NEG_INF = -1e9
 # Cache slots of the first loop segment (see `_capacities`); Multi30k translations are
 # ~15 subword tokens long on average, and few exceed 32.
 FIRST_SEGMENT = 32
-# Block width of `top_k_by_blocks`: 16 and 32 were fastest over 8,000 logits (0.46 and
-# 0.42 ms for 128 rows; 64: 0.56-0.67, 48 and 96: > 1 ms).
+# Block width of `top_k_by_blocks`: in an ad-hoc timing of the top-k alone over 128 rows
+# of 8,000 logits (2 AVX2 cores), 16 and 32 were fastest (0.46 and 0.42 ms; 64: 0.56-0.67,
+# 48 and 96: > 1 ms; a whole-row `tf.math.top_k`: 2.3 ms).
 TOP_K_BLOCK = 32
 
 
@@ -168,9 +169,10 @@ def top_k_by_blocks(values, k, block=TOP_K_BLOCK):
     The k largest values lie in the k blocks of `block` entries with the largest maxima,
     so one vectorised max per block, a top-k over the block maxima and a top-k over the
     k·block candidates (gathered in index order, so ties resolve to the lower index as in
-    `tf.math.top_k`) give the same result. XLA's CPU top-k sorts whole rows: over the
-    8,000 logits of 128 beam rows it took 2.3 ms a step on 2 AVX2 cores, a fifth of a
-    beam-search step; by blocks of 32, 0.42 ms (`bench/step_profile.py`).
+    `tf.math.top_k`) give the same result. XLA's CPU top-k sorts whole rows: with it the
+    log-normaliser and top-ks of a 128-row beam step over 8,000 logits took 3.5 ms on 2
+    AVX2 cores, a third of the step; by blocks, 1.6 ms (`bench/step_profile.py`,
+    `best_extensions`).
 
     Returns `(values [rows, k], indices [rows, k], block_max [rows, blocks])`; falls
     back to `tf.math.top_k` (block_max None) when n is not static or has < k blocks.
