@@ -27,7 +27,9 @@ with --run (most of it the CT2 sweep and our beam-4 passes).
    en->de, strings to strings, beam 4, batches of 32 sorted by length. Ours (a) `keras-
    transformer translate --model RUN/saved_model --file SRC` as a subprocess, wall time with
    process start, loading and XLA compiles; (b) in process, steady state: one untimed pass
-   (compiles every bucket), then a timed one. CT2 float32 and int8 in their best batch-32
+   (compiles every bucket), then a timed one; (c) the Keras model in process with
+   `stopping="first"` (a sentence stops at the first step whose best extension ends it,
+   as CT2's beam search stops), steady state as (b). CT2 float32 and int8 in their best batch-32
    beam-4 setting, a fresh process each: `ct2_translate_file`, an untimed pass, then a timed
    one; model loading is reported apart. Target tokens: SentencePiece pieces of the
    hypotheses. BLEU: cased sacreBLEU as in `keras-transformer evaluate`. Length penalties
@@ -321,6 +323,23 @@ def ours_end_to_end(run_dir, source_file, sources):
     return rows
 
 
+def ours_first_stopping(config, model, tokenizer, sources):
+    """(hypotheses, seconds, extra) of the run's model in process, steady state, with
+    `stopping="first"`: a sentence stops at the first step whose best extension ends it,
+    the rule CTranslate2's beam search stops by."""
+    from keras_transformer.translation import TextTranslator, translate_lines
+
+    translator = TextTranslator(model, tokenizer,
+                                config.evaluation.decoding_options(stopping="first"))
+    translate = lambda batch: translator.translate(batch).numpy()  # noqa: E731
+    start = time.perf_counter()
+    translate_lines(translate, sources, 32, verbose=0)  # compiles every bucket
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    hypotheses = translate_lines(translate, sources, 32, verbose=0)
+    return hypotheses, time.perf_counter() - start, dict(first_pass_seconds=round(first, 2))
+
+
 def end_to_end(run_dir, rows, preset, tmp):
     import sentencepiece
 
@@ -341,6 +360,9 @@ def end_to_end(run_dir, rows, preset, tmp):
     with open(source_file, "w", encoding="utf-8") as f:
         f.writelines(line + "\n" for line in sources)
     runs = ours_end_to_end(run_dir, source_file, sources)
+    if evaluation.beam_size > 1 and evaluation.stopping != "first":
+        runs["ours, Keras model in process (steady state), stopping first"] = \
+            ours_first_stopping(config, model, tokenizer, sources)
     common = dict(spm=spm, source=source_file, alpha=evaluation.alpha,
                   max_extra_length=evaluation.max_extra_length)
     for q, ct2_dir in dirs.items():

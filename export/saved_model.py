@@ -9,7 +9,7 @@ Signatures (all batched; strings are UTF-8):
 - `attention`: `sources`, `targets` strings → subword ids and the attention weights of
   a teacher-forced pass (`encoder`, `cross`: `[layers, batch, heads, q, k]`).
 
-The beam size, α and max_extra_length it was exported with are in `assets/decoding.json`
+The beam size, α, max_extra_length and stopping it was exported with are in `assets/decoding.json`
 (`exported_decoding`): the beam is compiled into `serving_default`.
 
 The tokenizer runs inside the graph (tensorflow-text ops), so serving needs only

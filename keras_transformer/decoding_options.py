@@ -12,9 +12,16 @@ True
 Traceback (most recent call last):
 ...
 ValueError: DecodingOptions: beam_size must be an integer >= 1, got 0
+>>> DecodingOptions(stopping="early")
+Traceback (most recent call last):
+...
+ValueError: DecodingOptions: stopping must be one of ('exact', 'first'), got 'early'
 """
 
 import dataclasses
+
+# When beam search stops a sentence (see `keras_transformer.decoding.beam_search`).
+STOPPING = ("exact", "first")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,12 +33,16 @@ class DecodingOptions:
         alpha: GNMT length penalty exponent, ((5 + length) / 6)^alpha (beam search only).
         max_extra_length: a translation stops after source length + this many tokens.
         max_output_length: the static output (and cache) length of an exported decoder.
+        stopping: when beam search stops a sentence: "exact" once no live hypothesis can
+            beat its best finished one, "first" also at the first step whose best
+            extension ends it (fewer steps; see `decoding.beam_search`).
     """
 
     beam_size: int = 4
     alpha: float = 0.6
     max_extra_length: int = 50
     max_output_length: int = 128
+    stopping: str = "exact"
 
     def __post_init__(self):
         for name, low in (("beam_size", 1), ("max_extra_length", 0), ("max_output_length", 1)):
@@ -43,6 +54,9 @@ class DecodingOptions:
                 or not self.alpha >= 0:
             raise ValueError(f"DecodingOptions: alpha must be a number >= 0, got {self.alpha!r}")
         object.__setattr__(self, "alpha", float(self.alpha))
+        if self.stopping not in STOPPING:
+            raise ValueError(f"DecodingOptions: stopping must be one of {STOPPING}, "
+                             f"got {self.stopping!r}")
 
     def replace(self, **changes):
         """A copy with `changes` applied; a change of None keeps the current value."""

@@ -43,7 +43,7 @@ class TextTranslator:
         self.length_bucket = length_bucket
         self.jit_compile = jit_compile
         self._compiled = {}
-        # Threads share one compiled decoder per (beam, α); the lock keeps two threads
+        # Threads share one compiled decoder per options; the lock keeps two threads
         # from building (and XLA-compiling) the same one at once.
         self._lock = threading.Lock()
 
@@ -74,11 +74,10 @@ class TextTranslator:
 
     def _decoder(self, beam_size, alpha):
         options = self.options.replace(beam_size=beam_size, alpha=alpha)
-        key = (options.beam_size, options.alpha)
         with self._lock:
-            if key not in self._compiled:
-                self._compiled[key] = self._build_decoder(options)
-            return self._compiled[key]
+            if options not in self._compiled:
+                self._compiled[options] = self._build_decoder(options)
+            return self._compiled[options]
 
     def _build_decoder(self, options):
         def run(source_ids):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from keras_transformer import decoding
 from keras_transformer.decoding_options import DecodingOptions
-from keras_transformer.tokenizer import SubwordTokenizer
+from keras_transformer.tokenizer import BOS_ID, EOS_ID, SubwordTokenizer
 from keras_transformer.training import streaming
 
 
@@ -93,6 +93,50 @@ def test_beam_scores_at_least_greedy(reverse_model):
     exact = [np.array_equal(ids[row, 0, :n], source_ids[row, :n][::-1])
              for row, n in enumerate(lengths)]
     assert np.mean(exact) >= 0.9
+
+
+@pytest.mark.parametrize("alpha,stopping", [(0.6, "exact"), (1.0, "exact"), (1.0, "first")])
+def test_beam_scores_equal_teacher_forced_log_probs(trained, alpha, stopping):
+    """Each of the k hypotheses beam search returns is scored as the whole model scores
+    its tokens at once: the cache rows each hypothesis read through its ancestry (the
+    cache is never reordered) held exactly its own prefix."""
+    model, source_ids = trained
+    ids, scores = tf.function(lambda s: decoding.beam_search(
+        model, s, 40, 4, alpha, return_all=True, stopping=stopping), jit_compile=True)(source_ids)
+    batch, k, length = ids.shape
+    ids, scores = np.reshape(ids, [batch * k, length]), np.reshape(scores, [-1])
+    memory, source_mask = model.encode(np.repeat(source_ids, k, axis=0))
+    inputs = np.concatenate([np.full([batch * k, 1], BOS_ID), ids[:, :-1]], axis=1)
+    log_probs = tf.nn.log_softmax(model.decode(inputs, memory, source_mask), axis=-1)
+    token_log_probs = np.take_along_axis(log_probs.numpy(), ids[:, :, None], axis=-1)[..., 0]
+    lengths = np.argmax(ids == EOS_ID, axis=1) + 1                    # tokens including eos
+    inside = np.arange(length)[None, :] < lengths[:, None]
+    expected = np.sum(np.where(inside, token_log_probs, 0.0), axis=1)
+    expected /= decoding.length_penalty(lengths, alpha).numpy()
+    real = scores > -1e8  # a sentence may have finished fewer than k hypotheses
+    assert np.all(np.any(ids == EOS_ID, axis=1)[real]) and real.mean() > 0.9
+    np.testing.assert_allclose(scores[real], expected[real], atol=2e-4)
+
+
+def test_first_stopping_is_the_same_alone_or_in_a_batch(trained):
+    """A sentence that `stopping="first"` stops is frozen: beside sentences that run
+    longer it gets the translation and score it gets alone."""
+    model, source_ids = trained
+    source_ids = tf.concat([source_ids, source_ids[:, ::-1]], axis=0)  # odd inputs run long
+    run = tf.function(lambda s: decoding.beam_search(model, s, 40, 4, 1.0, stopping="first"))
+    batch_ids, batch_scores = run(source_ids)
+    for row in range(0, len(source_ids), 4):
+        ids, scores = run(source_ids[row:row + 1])
+        np.testing.assert_array_equal(ids[0], batch_ids[row])
+        np.testing.assert_allclose(scores[0], batch_scores[row], atol=1e-4)
+    # Until it stops, it runs as the exact search does; the exact search may go on to a
+    # longer hypothesis, never to a shorter one, and with a strong length penalty
+    # (α 2) it does for some sentences.
+    lengths = lambda ids: np.sum(np.asarray(ids) != 0, axis=1)  # noqa: E731
+    first_ids, _ = decoding.beam_search(model, source_ids, 40, 4, 2.0, stopping="first")
+    exact_ids, _ = decoding.beam_search(model, source_ids, 40, 4, 2.0)
+    assert np.all(lengths(first_ids) <= lengths(exact_ids))
+    assert np.sum(lengths(first_ids)) < np.sum(lengths(exact_ids))
 
 
 def test_beam_search_graph_equals_xla(trained):

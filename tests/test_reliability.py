@@ -231,6 +231,7 @@ BAD_VALUES = [
     ("model", "preset", "huge"),
     ("evaluation", "beam_size", 0),
     ("evaluation", "alpha", -0.5),
+    ("evaluation", "stopping", "early"),
     ("tokenizer", "vocab_size", 4),
     ("tokenizer", "vocab_size", "abc"),
     ("data", "max_length", 0),

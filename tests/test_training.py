@@ -224,10 +224,11 @@ def test_decoding_sweep_scores_validation_like_evaluate(tiny_run, tmp_path, caps
 
     out = str(tmp_path / "decoding")
     assert decoding_sweep.main(["--run", tiny_run, "--average", "2", "--limit", "8",
-                                "--out", out]) == 0
+                                "--stopping", "exact", "first", "--out", out]) == 0
     with open(out + ".results.md", encoding="utf-8") as f:
         table = f.read()
-    assert "| 2 | 4 | 0.6 |" in table and "--average 2 --limit 8" in table
+    assert "| 2 | 4 | 0.6 | exact |" in table and "| 2 | 4 | 0.6 | first |" in table
+    assert "--average 2 --limit 8" in table
     assert decoding_sweep.main(["--run", tiny_run, "--average", "999", "--out", out]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--average 999" in err
