@@ -6,11 +6,11 @@ op. This times the parts instead, each alone in its own compiled `tf.while_loop`
 self-attention cache of `--capacity` slots), and the whole `beam_search` beside them:
 
     decode_step       embedding, the decoder layers and the output projection
-    decoder_layers    the decoder layers alone (self-attention over the cache read
-                      through a beam-search ancestry table, cross-attention,
-                      feed-forward, layer norms)
+    decoder_layers    the decoder layers alone (self-attention over the cache,
+                      cross-attention, feed-forward, layer norms)
     logits_matmul     the output projection alone ([rows, d] x [d, vocab])
     best_extensions   log-normaliser and the two top-ks over the logits
+    gather_cache      reordering the self-attention cache by the chosen beams
     beam_search       the real decoder, `--steps` new tokens (eos can never win: its
                       embedding row is zero), per step
 
@@ -61,8 +61,6 @@ def variants(model, batch, capacity, steps):
     """{name: compiled function of the source ids}: each runs `steps` loop iterations."""
     rows, vocab = batch * BEAM, SHAPE["vocab_size"]
     kernels = model.step_kernels()
-    # Every hypothesis's earlier positions spread over its sentence's beams.
-    ancestry = tf.random.stateless_uniform([batch, BEAM, capacity], (3, 4), 0, BEAM, tf.int32)
 
     def setup(source):
         memory, mask = model.encode(source, training=False)
@@ -73,7 +71,7 @@ def variants(model, batch, capacity, steps):
 
         def body(t, cache, total):
             ids = tf.fill([rows], 4 + t)
-            logits, cache = model.decode_step(ids, t % capacity, cache, mask, kernels, ancestry)
+            logits, cache = model.decode_step(ids, t % capacity, cache, mask, kernels)
             return t + 1, cache, total + logits[0, 0]
         return _loop(steps, body, (cache, 0.0))[-1]
 
@@ -82,8 +80,7 @@ def variants(model, batch, capacity, steps):
         x = tf.random.stateless_normal([rows, 1, SHAPE["d_model"]], (1, 2))
 
         def body(t, cache, x):
-            y, cache, _ = model.decoder.step(x, cache, t % capacity, mask, kernels["decoder"],
-                                             ancestry)
+            y, cache, _ = model.decoder.step(x, cache, t % capacity, mask, kernels["decoder"])
             return t + 1, cache, y
         return _loop(steps, body, (cache, x))[-1]
 
@@ -105,11 +102,24 @@ def variants(model, batch, capacity, steps):
             return t + 1, top[:, :BEAM]
         return _loop(steps, body, (tf.zeros([batch, BEAM]),))[-1]
 
+    def gather_cache(source):
+        cache, _ = setup(source)
+
+        def body(t, cache):
+            order = (tf.range(batch * BEAM) + t) % BEAM
+            return t + 1, decoding._gather_cache(cache, tf.reshape(order, [batch, BEAM]),
+                                                 batch, BEAM)
+        cache = _loop(steps, body, (cache,))[-1]
+        # Read every layer's keys and values: an unread one would be compiled away.
+        return tf.add_n([tf.reduce_sum(layer[name]) for layer in cache
+                         for name in ("key", "value")])
+
     def beam_search(source):
         return decoding.beam_search(model, source, steps, BEAM, 0.6, steps - SOURCE_LENGTH)[0]
 
     parts = dict(decode_step=decode_step, decoder_layers=decoder_layers,
-                 logits_matmul=logits_matmul, best_extensions=best_extensions)
+                 logits_matmul=logits_matmul, best_extensions=best_extensions,
+                 gather_cache=gather_cache)
     if capacity == min(steps, decoding.FIRST_SEGMENT):  # beam_search's own first segment
         parts["beam_search"] = beam_search
     return {name: tf.function(fn, jit_compile=True) for name, fn in parts.items()}

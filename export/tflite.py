@@ -167,10 +167,7 @@ class EdgeStepper(tf.Module):
         return out
 
     def _decode_step(self, inputs):
-        # The signature's self-attention cache is [1, heads, slots, head_dim]; the
-        # model's has a beam axis (here of 1) before the slots.
-        cache = [{"key": tf.expand_dims(inputs[f"self_key_{i}"], 2),
-                  "value": tf.expand_dims(inputs[f"self_value_{i}"], 2),
+        cache = [{"key": inputs[f"self_key_{i}"], "value": inputs[f"self_value_{i}"],
                   "cross_key": inputs[f"cross_key_{i}"], "cross_value": inputs[f"cross_value_{i}"]}
                  for i in range(self.layers)]
         with self._weights.scope():
@@ -178,8 +175,7 @@ class EdgeStepper(tf.Module):
                                                     inputs["source_mask"])
         out = {"logits": logits}
         for i, layer in enumerate(cache):
-            out[f"self_key_{i}"] = tf.squeeze(layer["key"], 2)
-            out[f"self_value_{i}"] = tf.squeeze(layer["value"], 2)
+            out[f"self_key_{i}"], out[f"self_value_{i}"] = layer["key"], layer["value"]
         return out
 
     def concrete_functions(self):

@@ -116,9 +116,9 @@ def _capacities(max_length):
     """Self-attention cache sizes of the decoding loop's two segments: `FIRST_SEGMENT`
     slots (most sentences end within them), then `max_length`.
 
-    Each step attends over the whole cache, so a cache 4x longer than its filled part
-    wastes most of that work (when beam search still reordered the cache, a 64-slot
-    cache took 27 % of its time: small model, batch 32, beam 4, 2 AVX2 cores). Each
+    Each step attends over (and beam search reorders) the whole cache, so a cache 4x
+    longer than its filled part wastes most of that work: on 2 AVX2 cores (small model,
+    batch 32, beam 4) reordering a 64-slot cache took 27 % of the decoding time. Each
     segment is one more copy of the loop body to trace and compile, so there are two:
     three or four (16, 32, 64, ...) made the TFLite export ~1.7x slower and larger in memory.
     """
@@ -146,9 +146,9 @@ def _growing_loop(not_done, step, state, max_length):
 
 
 def _grow_cache(cache, capacity):
-    """Pad each layer's self-attention keys/values (axis 3) to `capacity` slots."""
+    """Pad each layer's self-attention keys/values (axis 2) to `capacity` slots."""
     def grow(x):
-        return tf.pad(x, [[0, 0], [0, 0], [0, 0], [0, capacity - tf.shape(x)[3]], [0, 0]])
+        return tf.pad(x, [[0, 0], [0, 0], [0, capacity - tf.shape(x)[2]], [0, 0]])
 
     return [{**layer, "key": grow(layer["key"]), "value": grow(layer["value"])}
             for layer in cache]
@@ -232,6 +232,17 @@ def _log_normaliser(logits, block_max=None):
     return row_max + tf.math.log(tf.reduce_sum(tf.exp(logits - row_max), axis=-1, keepdims=True))
 
 
+def _gather_beams(tensor, indices, batch, beam_size):
+    """Select beams `[batch, beam_size]` from `tensor` `[batch * k, ...]` (k = its beams)."""
+    shape = tf.shape(tensor)
+    by_row = tf.reshape(tensor, tf.concat([[batch, -1], shape[1:]], 0))
+    picked = tf.gather(by_row, indices, batch_dims=1)
+    out = tf.reshape(picked, tf.concat([[batch * beam_size], shape[1:]], 0))
+    if not tf.executing_eagerly():
+        out.set_shape(tensor.shape)  # static shape for the loop; no op (TFLite has none)
+    return out
+
+
 def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra_length=50,
                 return_all=False, stopping="exact"):
     """Beam search with alive and finished hypothesis sets (as in GNMT / tensor2tensor).
@@ -268,22 +279,19 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
         tf.tile(tf.constant([[0.0] + [_NEG_INF] * (k - 1)]), [batch, 1]),
         tf.zeros([batch, k, max_length + 1], tf.int32),
         tf.fill([batch, k], _NEG_INF),
-        # ancestry[b, i, s]: the beam whose cache row holds hypothesis i's position s;
-        # the cache itself is never reordered (`layers.attention.step_mask`).
-        tf.zeros([batch, k, max_length], tf.int32),
         model.init_cache(memory, _capacities(max_length)[0], beam_size=k),
     )
     kernels = model.step_kernels()
     needed = k if return_all else 1  # finished hypotheses that must be settled
 
-    def not_done(t, alive, alive_scores, finished, finished_scores, ancestry, cache):
+    def not_done(t, alive, alive_scores, finished, finished_scores, cache):
         best_possible = alive_scores[:, 0] / max_penalty
         settled = (finished_scores[:, needed - 1] >= best_possible) | (t >= limits)
         return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(settled)))
 
-    def step(t, alive, alive_scores, finished, finished_scores, ancestry, cache):
+    def step(t, alive, alive_scores, finished, finished_scores, cache):
         logits, cache = model.decode_step(tf.reshape(alive[:, :, t], [-1]), t, cache,
-                                          source_mask, kernels, ancestry)
+                                          source_mask, kernels)
         top_scores, top_beam, top_token = _best_extensions(logits, alive_scores, t, limits, k)
         top_seqs = _write(tf.gather(alive, top_beam, batch_dims=1), t + 1, top_token)
         is_eos = tf.equal(top_token, EOS_ID)
@@ -296,10 +304,7 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
         alive_candidates = tf.where(is_eos, _NEG_INF, top_scores)
         alive_scores, keep = tf.math.top_k(alive_candidates, k)
         alive = tf.gather(top_seqs, keep, batch_dims=1)
-        # Each new hypothesis inherits its parent's ancestry; its position t was written
-        # into the parent's row.
-        parent = tf.gather(top_beam, keep, batch_dims=1)                    # [batch, k]
-        ancestry = _write(tf.gather(ancestry, parent, batch_dims=1), t, parent)
+        cache = _gather_cache(cache, tf.gather(top_beam, keep, batch_dims=1), batch, k)
 
         # Finished: merge the extensions that ended (length-normalised) into the k best.
         ended_scores = tf.where(ends & real, top_scores / length_penalty(t + 1, alpha), _NEG_INF)
@@ -310,10 +315,10 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
         if stopping == "first":  # a stopped sentence's alive beams die: nothing changes it
             stops = ends[:, 0] & real[:, 0] & (finished_scores[:, needed - 1] > _NEG_INF / 2)
             alive_scores = tf.where(stops[:, None], _NEG_INF, alive_scores)
-        return t + 1, alive, alive_scores, finished, finished_scores, ancestry, cache
+        return t + 1, alive, alive_scores, finished, finished_scores, cache
 
-    _, alive, alive_scores, finished, finished_scores, _, _ = _growing_loop(
-        not_done, step, state, max_length)
+    _, alive, alive_scores, finished, finished_scores, _ = _growing_loop(not_done, step, state,
+                                                                         max_length)
     # A sentence that finished nothing (cannot happen with limits ≤ max_length, kept
     # for safety) falls back to its alive beams.
     none_finished = (finished_scores[:, 0] <= _NEG_INF / 2)[:, None]
@@ -323,6 +328,16 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
     if return_all:
         return seqs, scores
     return seqs[:, 0], scores[:, 0]
+
+
+def _gather_cache(cache, beam_indices, batch, beam_size):
+    """Reorder the self-attention cache by the chosen beams. Cross-attention keys and
+    values are identical across a sentence's beams, so they are left as they are."""
+    return [
+        {**layer, "key": _gather_beams(layer["key"], beam_indices, batch, beam_size),
+         "value": _gather_beams(layer["value"], beam_indices, batch, beam_size)}
+        for layer in cache
+    ]
 
 
 def _pad_after_eos(ids):

@@ -178,24 +178,22 @@ class Transformer(keras.Model):
             logits = ops.transpose(self.target_embedding.embeddings)
         return {"decoder": self.decoder.step_kernels(), "logits": logits}
 
-    def decode_step(self, token_ids, index, cache, source_mask, kernels=None, ancestry=None):
-        """Logits `[batch * beams, vocab]` for position `index + 1` given the token at `index`.
+    def decode_step(self, token_ids, index, cache, source_mask, kernels=None):
+        """Logits `[batch, vocab]` for position `index + 1` given the token at `index`.
 
-        `token_ids` is `[batch * beams]`; `cache` comes from `init_cache` or a previous
-        step; `kernels` from `step_kernels()`; `ancestry` (beam search) from
-        `keras_transformer.decoding.beam_search` (see `layers.attention.step_mask`).
-        Returns `(logits, new_cache)`; equal to `decode` on the whole prefix.
+        `token_ids` is `[batch]`; `cache` comes from `init_cache` or a previous step;
+        `kernels` from `step_kernels()`. Returns `(logits, new_cache)`; equal to
+        `decode` on the whole prefix.
         """
         x = self.target_embedding(ops.expand_dims(token_ids, 1))
         # Take row `index` of the whole (constant-folded) table: computing sin/cos of the
         # dynamic position inside the decoding loop cost ~1 ms a step under XLA on CPU.
-        max_length = ops.shape(cache[0]["key"])[3]
+        max_length = ops.shape(cache[0]["key"])[2]
         table = sinusoids(max_length, self.config.d_model, dtype=x.dtype)
         x = x + ops.expand_dims(ops.take(table, ops.expand_dims(index, 0), axis=0), 0)
         if kernels is None:
             kernels = self.step_kernels()
-        x, cache, _ = self.decoder.step(x, cache, index, source_mask, kernels["decoder"],
-                                        ancestry)
+        x, cache, _ = self.decoder.step(x, cache, index, source_mask, kernels["decoder"])
         logits = ops.matmul(x[:, 0], ops.cast(kernels["logits"], x.dtype))
         return ops.cast(logits, "float32"), cache
 

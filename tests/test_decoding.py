@@ -98,8 +98,8 @@ def test_beam_scores_at_least_greedy(reverse_model):
 @pytest.mark.parametrize("alpha,stopping", [(0.6, "exact"), (1.0, "exact"), (1.0, "first")])
 def test_beam_scores_equal_teacher_forced_log_probs(trained, alpha, stopping):
     """Each of the k hypotheses beam search returns is scored as the whole model scores
-    its tokens at once: the cache rows each hypothesis read through its ancestry (the
-    cache is never reordered) held exactly its own prefix."""
+    its tokens at once: the cache rows each hypothesis read (reordered with its beam at
+    every step) held exactly its own prefix."""
     model, source_ids = trained
     ids, scores = tf.function(lambda s: decoding.beam_search(
         model, s, 40, 4, alpha, return_all=True, stopping=stopping), jit_compile=True)(source_ids)

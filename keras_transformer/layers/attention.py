@@ -5,10 +5,8 @@ Weights use the layout of `keras.layers.MultiHeadAttention` (query/key/value ker
 between the two layers with `set_weights(get_weights())`.
 
 For incremental decoding, `step` writes the current token's key and value into a
-preallocated cache `[batch, heads, beams, capacity, head_dim]` at a given index instead of
-concatenating: shapes stay static, which XLA and TFLite builtins require. Beam search
-never reorders that cache: each hypothesis reads its earlier slots from the beam that
-wrote them (`step_mask`).
+preallocated cache `[batch, heads, capacity, head_dim]` at a given index instead of
+concatenating: shapes stay static, which XLA and TFLite builtins require.
 """
 
 import math
@@ -39,36 +37,6 @@ def scaled_dot_product_attention(query, key, value, mask=None, dropout=None, tra
     weights = ops.cast(ops.softmax(logits, axis=-1), value.dtype)
     dropped = dropout(weights, training=training) if dropout is not None else weights
     return ops.matmul(dropped, value), weights
-
-
-def step_mask(index, beams, capacity, ancestry=None):
-    """Which cache entries each hypothesis attends to at decoding position `index`:
-    bool `[batch or 1, beams, beams * capacity]`, entry (i, j·capacity + s) true when
-    slot s of beam j holds hypothesis i's key for position s.
-
-    Slot s of a cache row is written once, at step s, by whichever hypothesis occupied
-    that row then; beam search records in `ancestry` (int `[batch, beams, ≥ capacity]`)
-    the row each hypothesis' position s lives in, instead of copying cache rows to follow
-    their hypotheses (that copy took 1.75 of a 10 ms beam step, `bench/step_profile.py`).
-    Position `index` itself is in the hypothesis' own row; without `ancestry` every
-    position is (greedy decoding, one beam).
-
-    Example:
-    >>> ancestry = ops.convert_to_tensor([[[0, 0, 0, 0], [0, 1, 0, 0]]])  # 1 sentence, 2 beams
-    >>> ops.convert_to_numpy(step_mask(2, 2, 4, ancestry)).astype(int)[0]
-    array([[1, 1, 1, 0, 0, 0, 0, 0],
-           [1, 0, 0, 0, 0, 1, 1, 0]])
-    """
-    slots = ops.arange(capacity)
-    own = ops.expand_dims(ops.arange(beams), -1)                     # [beams, 1]
-    if ancestry is None:
-        holder = ops.broadcast_to(own, (1, beams, capacity))         # [1, beams, capacity]
-    else:
-        holder = ops.where(slots < index, ancestry[:, :, :capacity], own)
-    # [batch, i, j, s]: beam j's slot s holds hypothesis i's position s, and s ≤ index.
-    mask = ops.logical_and(ops.equal(ops.expand_dims(holder, 2), own[None, None, :, :]),
-                           slots <= index)
-    return ops.reshape(mask, (ops.shape(holder)[0], beams, beams * capacity))
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -224,44 +192,33 @@ class MultiHeadAttention(keras.layers.Layer):
                                           training)
         return (output, weights) if return_attention_scores else output
 
-    def step(self, query, cache_key, cache_value, index, kernels=None, mask=None):
+    def step(self, query, cache_key, cache_value, index, kernels=None):
         """One decoding step of causal self-attention with a preallocated cache.
 
         Args:
-            query: `[batch * beams, 1, d]`, the input at position `index`.
-            cache_key, cache_value: `[batch, heads, beams, capacity, head_dim]`.
+            query: `[batch, 1, d]`, the input at position `index`.
+            cache_key, cache_value: `[batch, heads, max_length, head_dim]`.
             index: scalar int, the position being decoded.
             kernels: optional `step_kernels()`, prepared once outside the loop.
-            mask: optional `step_mask(...)` (default: each hypothesis reads its own row).
 
-        Returns `(output [batch * beams, 1, d], weights, new_cache_key, new_cache_value)`.
+        Returns `(output [batch, 1, d], weights, new_cache_key, new_cache_value)`.
         """
         if kernels is None:
             kernels = self.step_kernels()
-        batch, _, beams, capacity, depth = ops.shape(cache_key)
-        if mask is None:
-            mask = step_mask(index, beams, capacity)
-
-        def by_sentence(x):  # [batch·beams, heads, 1, depth] → [batch, heads, beams, depth]
-            return ops.transpose(ops.reshape(x, (batch, beams, self.num_heads, depth)),
-                                 (0, 2, 1, 3))
-
-        query_heads, key, value = (by_sentence(x) for x in self._flat_heads(
-            query, kernels["query"], kernels["query_bias"], 3))
+        query_heads, key, value = self._flat_heads(
+            query, kernels["query"], kernels["query_bias"], 3
+        )
         # Written in place (XLA DynamicUpdateSlice, a TFLite builtin): a one-hot select
         # rewrote the whole cache at every step.
-        start = (0, 0, 0, index, 0)
-        cache_key = ops.slice_update(cache_key, start,
-                                     ops.cast(key[:, :, :, None], cache_key.dtype))
-        cache_value = ops.slice_update(cache_value, start,
-                                       ops.cast(value[:, :, :, None], cache_value.dtype))
-        # A sentence's beams attend as `beams` queries over all its beams' slots
-        # [batch, heads, beams * capacity, depth] (a free reshape), masked to their own.
-        flat = (batch, self.num_heads, beams * capacity, depth)
+        start = (0, 0, index, 0)
+        cache_key = ops.slice_update(cache_key, start, ops.cast(key, cache_key.dtype))
+        cache_value = ops.slice_update(cache_value, start, ops.cast(value, cache_value.dtype))
+        capacity = ops.shape(cache_key)[2]
+        visible = ops.reshape(ops.less_equal(ops.arange(capacity), index), (1, 1, capacity))
         output, weights = self._attend_heads(
-            query_heads, ops.reshape(cache_key, flat), ops.reshape(cache_value, flat),
-            mask, None, kernels)                                     # [batch, beams, d]
-        return ops.reshape(output, (-1, 1, ops.shape(output)[-1])), weights, cache_key, cache_value
+            query_heads, cache_key, cache_value, visible, None, kernels
+        )
+        return output, weights, cache_key, cache_value
 
     def compute_output_shape(self, query_shape, value_shape=None, key_shape=None):
         return tuple(query_shape[:-1]) + (self.output_dim or query_shape[-1],)

@@ -3,16 +3,14 @@
 Each layer has masked (causal) self-attention, attention over the encoder output
 ("memory"), and a feed-forward network, each in a residual block (see encoder.py).
 `step` decodes one position using a preallocated per-layer cache:
-`{"key", "value"}` `[batch, heads, beams, max_length, head_dim]` for self-attention
-(beam search reads it through `ancestry`, see `attention.step_mask`), and
-`{"cross_key", "cross_value"}` `[batch, heads, src_len, head_dim]` computed once from the
-memory and shared by a sentence's beams.
+`{"key", "value"}` `[batch * beams, heads, max_length, head_dim]` for self-attention,
+and `{"cross_key", "cross_value"}` `[batch, heads, src_len, head_dim]` computed once
+from the memory and shared by a sentence's beams.
 """
 
 import keras
 from keras import ops
 
-from keras_transformer.layers.attention import step_mask
 from keras_transformer.layers.encoder import _ResidualLayer, _Stack
 
 
@@ -67,11 +65,11 @@ class DecoderLayer(_ResidualLayer):
 
         Cross-attention keys and values are projected once per sentence
         (`[batch, heads, src_len, head_dim]`); the self-attention cache has a row per
-        hypothesis (`[batch, heads, beam_size, max_length, head_dim]`).
+        hypothesis (`[batch * beam_size, heads, max_length, head_dim]`).
         """
         cross_key, cross_value = self.cross_attention.project_key_value(memory)
-        shape = (ops.shape(memory)[0], self.num_heads, beam_size, max_length,
-                 ops.shape(cross_key)[-1])
+        rows = ops.shape(memory)[0] * beam_size
+        shape = (rows, self.num_heads, max_length, ops.shape(cross_key)[-1])
         empty = ops.zeros(shape, dtype=cross_key.dtype)
         return {"key": empty, "value": empty, "cross_key": cross_key, "cross_value": cross_value}
 
@@ -80,19 +78,17 @@ class DecoderLayer(_ResidualLayer):
         return {"self": self.self_attention.step_kernels(),
                 "cross": self.cross_attention.step_kernels(fuse_key_value=False)}
 
-    def step(self, x, cache, index, memory_mask=None, kernels=None, self_mask=None):
-        """Decode position `index`: `x` is `[batch * beams, 1, d]`. Returns
-        `(x, cache, weights)`.
+    def step(self, x, cache, index, memory_mask=None, kernels=None):
+        """Decode position `index`: `x` is `[batch, 1, d]`. Returns `(x, cache, weights)`.
 
-        `kernels`: `step_kernels()` prepared once before the decoding loop (optional);
-        `self_mask`: `attention.step_mask(...)` for the self-attention cache (optional).
+        `kernels`: `step_kernels()` prepared once before the decoding loop (optional).
         """
         kernels = self.step_kernels() if kernels is None else kernels
         new_cache = dict(cache)
 
         def self_attend(h):
             out, weights, new_cache["key"], new_cache["value"] = self.self_attention.step(
-                h, cache["key"], cache["value"], index, kernels["self"], self_mask
+                h, cache["key"], cache["value"], index, kernels["self"]
             )
             return out, weights
 
@@ -150,19 +146,13 @@ class TransformerDecoder(_Stack):
         """One `DecoderLayer.step_kernels()` per layer, to prepare before a decoding loop."""
         return [layer.step_kernels() for layer in self.blocks]
 
-    def step(self, x, cache, index, memory_mask=None, kernels=None, ancestry=None):
-        """Decode position `index` through all layers. Returns `(x, cache, weights)`.
-
-        `ancestry`: int `[batch, beams, ≥ capacity]`, the beam whose cache row holds each
-        hypothesis' earlier positions (`attention.step_mask`); None: its own row.
-        """
+    def step(self, x, cache, index, memory_mask=None, kernels=None):
+        """Decode position `index` through all layers. Returns `(x, cache, weights)`."""
         kernels = self.step_kernels() if kernels is None else kernels
-        _, _, beams, capacity, _ = ops.shape(cache[0]["key"])
-        self_mask = step_mask(index, beams, capacity, ancestry)  # shared by all layers
         new_cache, all_weights = [], []
         for layer, layer_cache, layer_kernels in zip(self.blocks, cache, kernels):
             x, layer_cache, weights = layer.step(x, layer_cache, index, memory_mask,
-                                                 layer_kernels, self_mask)
+                                                 layer_kernels)
             new_cache.append(layer_cache)
             all_weights.append(weights)
         return self._finish(x), new_cache, all_weights
