@@ -28,8 +28,9 @@ with --run (most of it the CT2 sweep and our beam-4 passes).
    transformer translate --model RUN/saved_model --file SRC` as a subprocess, wall time with
    process start, loading and XLA compiles; (b) in process, steady state: one untimed pass
    (compiles every bucket), then a timed one; (c) the Keras model in process with
-   `stopping="first"` (a sentence stops at the first step whose best extension ends it,
-   as CT2's beam search stops), steady state as (b). CT2 float32 and int8 in their best batch-32
+   `stopping="first"` (a sentence stops at the first step whose best extension ends it;
+   CT2 does so only without length penalty, and otherwise stops once it holds beam_size
+   finished hypotheses), steady state as (b). CT2 float32 and int8 in their best batch-32
    beam-4 setting, a fresh process each: `ct2_translate_file`, an untimed pass, then a timed
    one; model loading is reported apart. Target tokens: SentencePiece pieces of the
    hypotheses. BLEU: cased sacreBLEU as in `keras-transformer evaluate`. Length penalties
@@ -325,8 +326,8 @@ def ours_end_to_end(run_dir, source_file, sources):
 
 def ours_first_stopping(config, model, tokenizer, sources):
     """(hypotheses, seconds, extra) of the run's model in process, steady state, with
-    `stopping="first"`: a sentence stops at the first step whose best extension ends it,
-    the rule CTranslate2's beam search stops by."""
+    `stopping="first"`: a sentence stops at the first step whose best extension ends it
+    (CTranslate2's early exit, which it takes only without a length penalty)."""
     from keras_transformer.translation import TextTranslator, translate_lines
 
     translator = TextTranslator(model, tokenizer,
