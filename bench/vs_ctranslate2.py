@@ -29,8 +29,8 @@ with --run (most of it the CT2 sweep and our beam-4 passes).
    process start, loading and XLA compiles; (b) in process, steady state: one untimed pass
    (compiles every bucket), then a timed one; (c) the Keras model in process with
    `stopping="first"` (a sentence stops at the first step whose best extension ends it;
-   CT2 does so only without length penalty, and otherwise stops once it holds beam_size
-   finished hypotheses), steady state as (b). CT2 float32 and int8 in their best batch-32
+   CT2 does so only without length penalty) and `stopping="full"` (once it holds
+   beam_size finished hypotheses: CT2's rule with a length penalty), steady state as (b). CT2 float32 and int8 in their best batch-32
    beam-4 setting, a fresh process each: `ct2_translate_file`, an untimed pass, then a timed
    one; model loading is reported apart. Target tokens: SentencePiece pieces of the
    hypotheses. BLEU: cased sacreBLEU as in `keras-transformer evaluate`. Length penalties
@@ -324,14 +324,16 @@ def ours_end_to_end(run_dir, source_file, sources):
     return rows
 
 
-def ours_first_stopping(config, model, tokenizer, sources):
+def ours_other_stopping(config, model, tokenizer, sources, stopping):
     """(hypotheses, seconds, extra) of the run's model in process, steady state, with
-    `stopping="first"`: a sentence stops at the first step whose best extension ends it
-    (CTranslate2's early exit, which it takes only without a length penalty)."""
+    another `stopping` rule: "first" stops a sentence at the first step whose best
+    extension ends it (CTranslate2's early exit, which it takes only without a length
+    penalty), "full" once it holds beam_size finished hypotheses (CTranslate2's rule with
+    a length penalty)."""
     from keras_transformer.translation import TextTranslator, translate_lines
 
     translator = TextTranslator(model, tokenizer,
-                                config.evaluation.decoding_options(stopping="first"))
+                                config.evaluation.decoding_options(stopping=stopping))
     translate = lambda batch: translator.translate(batch).numpy()  # noqa: E731
     start = time.perf_counter()
     translate_lines(translate, sources, 32, verbose=0)  # compiles every bucket
@@ -361,9 +363,10 @@ def end_to_end(run_dir, rows, preset, tmp):
     with open(source_file, "w", encoding="utf-8") as f:
         f.writelines(line + "\n" for line in sources)
     runs = ours_end_to_end(run_dir, source_file, sources)
-    if evaluation.beam_size > 1 and evaluation.stopping != "first":
-        runs["ours, Keras model in process (steady state), stopping first"] = \
-            ours_first_stopping(config, model, tokenizer, sources)
+    for stopping in ("first", "full"):
+        if evaluation.beam_size > 1 and evaluation.stopping != stopping:
+            runs[f"ours, Keras model in process (steady state), stopping {stopping}"] = \
+                ours_other_stopping(config, model, tokenizer, sources, stopping)
     common = dict(spm=spm, source=source_file, alpha=evaluation.alpha,
                   max_extra_length=evaluation.max_extra_length)
     for q, ct2_dir in dirs.items():

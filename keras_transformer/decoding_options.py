@@ -15,13 +15,13 @@ ValueError: DecodingOptions: beam_size must be an integer >= 1, got 0
 >>> DecodingOptions(stopping="early")
 Traceback (most recent call last):
 ...
-ValueError: DecodingOptions: stopping must be one of ('exact', 'first'), got 'early'
+ValueError: DecodingOptions: stopping must be one of ('exact', 'first', 'full'), got 'early'
 """
 
 import dataclasses
 
 # When beam search stops a sentence (see `keras_transformer.decoding.beam_search`).
-STOPPING = ("exact", "first")
+STOPPING = ("exact", "first", "full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +35,8 @@ class DecodingOptions:
         max_output_length: the static output (and cache) length of an exported decoder.
         stopping: when beam search stops a sentence: "exact" once no live hypothesis can
             beat its best finished one, "first" also at the first step whose best
-            extension ends it (fewer steps; see `decoding.beam_search`).
+            extension ends it, "full" also once it holds beam_size finished hypotheses
+            (fewer steps; see `decoding.beam_search`).
     """
 
     beam_size: int = 4

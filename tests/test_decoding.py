@@ -95,7 +95,8 @@ def test_beam_scores_at_least_greedy(reverse_model):
     assert np.mean(exact) >= 0.9
 
 
-@pytest.mark.parametrize("alpha,stopping", [(0.6, "exact"), (1.0, "exact"), (1.0, "first")])
+@pytest.mark.parametrize("alpha,stopping", [(0.6, "exact"), (1.0, "exact"), (1.0, "first"),
+                                            (1.0, "full")])
 def test_beam_scores_equal_teacher_forced_log_probs(trained, alpha, stopping):
     """Each of the k hypotheses beam search returns is scored as the whole model scores
     its tokens at once: the cache rows each hypothesis read (reordered with its beam at
@@ -137,6 +138,25 @@ def test_first_stopping_is_the_same_alone_or_in_a_batch(trained):
     exact_ids, _ = decoding.beam_search(model, source_ids, 40, 4, 2.0)
     assert np.all(lengths(first_ids) <= lengths(exact_ids))
     assert np.sum(lengths(first_ids)) < np.sum(lengths(exact_ids))
+
+
+def test_full_stopping_holds_k_finished_and_is_the_same_alone(trained):
+    """`stopping="full"` stops a sentence once it holds k finished hypotheses: at α 2
+    (where the exact rule runs on for longer hypotheses) the search ends sooner, each
+    sentence then has exactly k, and a sentence decoded alone gets the same result."""
+    model, source_ids = trained
+    source_ids = tf.concat([source_ids, source_ids[:, ::-1]], axis=0)
+    run = lambda s, stopping: decoding.beam_search(  # noqa: E731
+        model, s, 40, 4, 2.0, return_all=True, stopping=stopping)
+    ids, scores = run(source_ids, "full")
+    assert np.all(scores.numpy() > -1e8)  # k real hypotheses a sentence
+    for row in range(0, len(source_ids), 4):
+        alone_ids, alone_scores = run(source_ids[row:row + 1], "full")
+        np.testing.assert_array_equal(alone_ids[0], ids[row])
+        np.testing.assert_allclose(alone_scores[0], scores[row], atol=1e-4)
+    exact_ids, _ = run(source_ids, "exact")
+    lengths = lambda ids: np.sum(np.asarray(ids)[:, 0] != 0, axis=-1)  # noqa: E731
+    assert np.sum(lengths(ids)) < np.sum(lengths(exact_ids))
 
 
 def test_beam_search_graph_equals_xla(trained):
