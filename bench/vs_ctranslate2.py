@@ -30,9 +30,10 @@ with --run (most of it the CT2 sweep and our beam-4 passes).
    (compiles every bucket), then a timed one; (c) the Keras model in process with
    `stopping="first"` (a sentence stops at the first step whose best extension ends it;
    CT2 does so only without length penalty) and `stopping="full"` (once it holds
-   beam_size finished hypotheses: CT2's rule with a length penalty), steady state as (b). CT2 float32 and int8 in their best batch-32
-   beam-4 setting, a fresh process each: `ct2_translate_file`, an untimed pass, then a timed
-   one; model loading is reported apart. Target tokens: SentencePiece pieces of the
+   beam_size finished hypotheses: CT2's rule with a length penalty), steady state as (b).
+   CT2 float32 and int8 in their best batch-32 beam-4 setting, a fresh process each:
+   `ct2_translate_file`, an untimed pass, then a timed one; model loading is reported
+   apart. Target tokens: SentencePiece pieces of the
    hypotheses. BLEU: cased sacreBLEU as in `keras-transformer evaluate`. Length penalties
    differ (ours ((5 + n) / 6)^alpha, CT2 n^alpha, the run's alpha), so beam-4 BLEU can differ
    slightly. Batch 1, first 100 sentences, median ms per sentence including tokenization:
@@ -293,10 +294,22 @@ def stale_exports(run_dir):
     return [p for p in exports if os.path.exists(p) and os.path.getmtime(p) < code]
 
 
+def steady_state(translate, sources):
+    """`(hypotheses, seconds, first_pass_seconds)` of `translate` over `sources` in
+    batches of 32: a first pass (it compiles every bucket), then the timed one."""
+    from keras_transformer.translation import translate_lines
+
+    start = time.perf_counter()
+    translate_lines(translate, sources, 32, verbose=0)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    hypotheses = translate_lines(translate, sources, 32, verbose=0)
+    return hypotheses, time.perf_counter() - start, round(first, 2)
+
+
 def ours_end_to_end(run_dir, source_file, sources):
     """{name: (hypotheses, seconds, extra)}: the CLI as a subprocess, then in process."""
     from keras_transformer.export.saved_model import saved_model_translator
-    from keras_transformer.translation import translate_lines
 
     saved_model = os.path.join(run_dir, "saved_model")
     cli = shutil.which("keras-transformer")
@@ -313,14 +326,9 @@ def ours_end_to_end(run_dir, source_file, sources):
     start = time.perf_counter()
     translate = saved_model_translator(saved_model)
     load = time.perf_counter() - start
-    start = time.perf_counter()
-    translate_lines(translate, sources, 32, verbose=0)  # compiles every bucket
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    hypotheses = translate_lines(translate, sources, 32, verbose=0)
+    hypotheses, seconds, first = steady_state(translate, sources)
     rows["ours, SavedModel in process (steady state)"] = (
-        hypotheses, time.perf_counter() - start,
-        dict(load_seconds=round(load, 2), first_pass_seconds=round(first, 2)))
+        hypotheses, seconds, dict(load_seconds=round(load, 2), first_pass_seconds=first))
     return rows
 
 
@@ -330,17 +338,13 @@ def ours_other_stopping(config, model, tokenizer, sources, stopping):
     extension ends it (CTranslate2's early exit, which it takes only without a length
     penalty), "full" once it holds beam_size finished hypotheses (CTranslate2's rule with
     a length penalty)."""
-    from keras_transformer.translation import TextTranslator, translate_lines
+    from keras_transformer.translation import TextTranslator
 
     translator = TextTranslator(model, tokenizer,
                                 config.evaluation.decoding_options(stopping=stopping))
-    translate = lambda batch: translator.translate(batch).numpy()  # noqa: E731
-    start = time.perf_counter()
-    translate_lines(translate, sources, 32, verbose=0)  # compiles every bucket
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    hypotheses = translate_lines(translate, sources, 32, verbose=0)
-    return hypotheses, time.perf_counter() - start, dict(first_pass_seconds=round(first, 2))
+    hypotheses, seconds, first = steady_state(
+        lambda batch: translator.translate(batch).numpy(), sources)
+    return hypotheses, seconds, dict(first_pass_seconds=first)
 
 
 def end_to_end(run_dir, rows, preset, tmp):
