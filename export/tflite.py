@@ -222,6 +222,7 @@ def convert_tflite(model, tokenizer, out_path, quantize="none", options=None):
     leaves no file. Returns the two paths.
     """
     options = options or DecodingOptions()
+    model = model.with_dtype("float32")  # TFLite has no bf16 kernels (mixed-precision runs)
     translator = EdgeTranslator(model, tokenizer, options)
     stepper = EdgeStepper(model, options.max_output_length)
     step_path = out_path[: -len(".tflite")] + ".step.tflite" if out_path.endswith(

@@ -121,6 +121,27 @@ class Transformer(keras.Model):
         memory, source_mask = self.encode(source_ids, training=training)
         return self.decode(target_ids, memory, source_mask, training=training)
 
+    def with_dtype(self, dtype="float32"):
+        """This model computing in `dtype` (a Keras dtype policy name): itself when it
+        already does, else a copy of its architecture and weights (no optimizer state).
+
+        A run may train in mixed_bfloat16 on a CPU with native bf16; what is scored and
+        shipped computes in float32: TFLite has no bf16 kernels (a mixed model's export
+        failed with unsupported AddV2, MatMul, ... ops), and float32 gives the same
+        translations on every CPU.
+
+        Example:
+        >>> mixed = Transformer(TransformerConfig.from_preset("tiny", vocab_size=50),
+        ...                     dtype="mixed_bfloat16")
+        >>> mixed.with_dtype("float32").compute_dtype
+        'float32'
+        """
+        if self.dtype_policy.name == dtype:
+            return self
+        copy = Transformer.from_config({**self.get_config(), "dtype": dtype})
+        copy.set_weights(self.get_weights())
+        return copy
+
     def encode(self, source_ids, training=None, return_attention_scores=False):
         """Run the encoder. Returns `(memory [batch, src_len, d_model], source_mask)`
         (plus per-layer self-attention weights if asked)."""

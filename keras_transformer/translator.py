@@ -108,10 +108,13 @@ class Translator(keras.Model):
 
     @classmethod
     def from_trained(cls, model, vocabulary, options=None):
-        """A Translator of a trained `Transformer`, holding a copy of its architecture and
-        weights only: no optimizer state or compile settings go into the `.keras` file."""
-        transformer = Transformer.from_config(model.get_config())
-        transformer.set_weights(model.get_weights())
+        """A Translator of a trained `Transformer`, holding a float32 copy of its
+        architecture and weights only: no optimizer state, compile settings or training
+        precision go into the `.keras` file."""
+        transformer = model.with_dtype("float32")
+        if transformer is model:
+            transformer = Transformer.from_config(model.get_config())
+            transformer.set_weights(model.get_weights())
         return cls(transformer, vocabulary, options)
 
     def call(self, inputs, training=None):

@@ -69,6 +69,19 @@ def test_litert_strings_equal_tensorflow_decoding(run_parts, edge_fp32):
     assert any(ours)
 
 
+def test_a_mixed_precision_model_converts_in_float32(run_parts, edge_fp32, tmp_path):
+    """A model computing in mixed_bfloat16 (how the main job trains on CPUs with native
+    bf16) converts: TFLite has no bf16 kernels, so its float32 weights are converted and
+    translate as the float32 model's flatbuffer does."""
+    model, tokenizer = run_parts
+    mixed = model.with_dtype("mixed_bfloat16")
+    assert mixed.compute_dtype == "bfloat16"
+    out = convert_tflite(mixed, tokenizer, str(tmp_path / "mixed.tflite"), "none", OPTIONS)
+    sentences = first_test_sentences(6)
+    assert ([t.decode() for t in litert.litert_translator(out[0], 2)(sentences)]
+            == [t.decode() for t in litert.litert_translator(edge_fp32[0], 2)(sentences)])
+
+
 def test_litert_ids_equal_edge_module_in_tensorflow(run_parts, edge_fp32):
     model, tokenizer = run_parts
     ids = tokenizer.tokenize(first_test_sentences(6)).to_tensor().numpy()

@@ -75,6 +75,25 @@ def test_keras_file_alone_translates_in_a_fresh_process(tiny_run, run_translator
     assert out["greedy"] == run_translator.translate(SENTENCES, beam_size=1)
 
 
+def test_a_mixed_precision_run_is_scored_and_shipped_in_float32(tiny_run, tmp_path):
+    """A run trained in mixed_bfloat16 keeps that policy in model.keras (with its
+    optimizer); load_run (scoring, export) and the shipped translator.keras compute in
+    float32 with the same weights."""
+    from keras_transformer.training.evaluate import load_run
+
+    run = str(tmp_path / "run")
+    shutil.copytree(tiny_run, run)
+    trained = keras.models.load_model(os.path.join(run, "model.keras"))
+    mixed = trained.with_dtype("mixed_bfloat16")
+    mixed.save(os.path.join(run, "model.keras"))
+    _, loaded, tokenizer = load_run(run)
+    shipped = Translator.from_trained(mixed, tokenizer)
+    for model in (loaded, shipped.transformer):
+        assert model.compute_dtype == "float32" and model is not mixed
+        assert all((a == b).all() for a, b in zip(model.get_weights(), trained.get_weights()))
+    assert trained.with_dtype("float32") is trained
+
+
 def test_saved_options_and_a_new_vocabulary_round_trip(tmp_path):
     vocabulary = Vocabulary.train(["a dog runs in the park", "ein Hund rennt im Park"] * 40,
                                   vocab_size=30)

@@ -34,7 +34,8 @@ def load_run(run_dir, checkpoint=None, allow_untrained=False):
     """(RunConfig, model, tokenizer) of a training run.
 
     The model is the run's `model.keras`, or with `checkpoint` ("latest" or the path of a
-    `.weights.h5` file) a model of the run's configuration with those weights. A run
+    `.weights.h5` file) a model of the run's configuration with those weights; it
+    computes in float32 whatever precision the run trained in. A run
     without model.keras (stopped before it finished) is a RunError: silently translating
     or exporting with random weights would be worse. `allow_untrained=True` returns a
     freshly initialised model instead, for callers that load weights themselves
@@ -50,7 +51,8 @@ def load_run(run_dir, checkpoint=None, allow_untrained=False):
         model = build_run_model(config, tokenizer)
         _load_checkpoint(model, resolve_checkpoint(run_dir, checkpoint))
     elif os.path.exists(path):
-        model = keras.models.load_model(path)
+        # A run trained in mixed precision is decoded, scored and exported in float32.
+        model = keras.models.load_model(path).with_dtype("float32")
     elif allow_untrained:
         model = build_run_model(config, tokenizer)
     else:
