@@ -8,6 +8,9 @@ Measured on the 2-core machines this project runs on:
 - CPUs with native bf16 (`avx512_bf16` or `amx_bf16` in the CPU flags, e.g. Zen 4):
   mixed_bfloat16 without XLA is fastest ("small": 3,850 tok/s against 3,006 with XLA
   and 3,014 for float32 with XLA): TensorFlow's oneDNN bf16 kernels beat XLA's CPU dots.
+  Not for every shape: the main job's narrow model (d_model 128) trains faster in float32
+  with XLA on an AMX Xeon (epoch 90 s against 101 s), so its config sets the precision
+  (training/results/sweep/full_length.md).
 """
 
 import os
