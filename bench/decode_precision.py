@@ -7,17 +7,15 @@ The fixed-length cells of `bench/vs_ctranslate2.py` (bench/decode.py's `small` m
 random weights and the eos embedding zeroed, source length 16, exactly 64 decoder steps;
 greedy and beam 4 at batch 1 and 32), decoded by `decoding.greedy_decode` /
 `decoding.beam_search` on `Transformer.with_dtype(policy)` copies of one model, in a
-`tf.function` with and without `jit_compile`. ms, median of 3 rounds of median-of-5 after
-a warm-up call; each output is checked to end at step 64. The CPU flags are written beside
+`tf.function` with and without `jit_compile`. ms, median of 15 calls after a warm-up call
+(`decode.median_ms`, min and max in the JSON); each output is checked to end at step 64. The CPU flags are written beside
 the figures: bf16 only has a chance on CPUs with bf16 units (avx512_bf16 / amx_bf16).
 """
 
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 import tensorflow as tf
@@ -31,22 +29,9 @@ from keras_transformer import decoding  # noqa: E402
 from keras_transformer.tokenizer import EOS_ID  # noqa: E402
 from keras_transformer.training.precision import cpu_flags  # noqa: E402
 
-STEPS, SOURCE_LENGTH = 64, 16
+STEPS, SOURCE_LENGTH, RUNS = 64, 16, 15
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
 SETTINGS = ("float32:xla", "float32:graph", "bfloat16:xla", "bfloat16:graph")
-
-
-def median_ms(call, rounds=3, runs=5):
-    call()
-    medians = []
-    for _ in range(rounds):
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
-        medians.append(statistics.median(times))
-    return round(1000 * statistics.median(medians), 1)
 
 
 def decoders(model, jit):
@@ -78,8 +63,8 @@ def main():
                 ends = {list(row).index(EOS_ID) if EOS_ID in row else -1 for row in out}
                 if ends != {STEPS - 1}:
                     raise RuntimeError(f"{setting} beam {beam}: eos at {ends}, not {STEPS - 1}")
-                row = dict(setting=setting, batch=batch, beam=beam,
-                           ms=median_ms(lambda: decoder(ids).numpy()))
+                ms, low, high = decode.median_ms(decoder, ids, RUNS)
+                row = dict(setting=setting, batch=batch, beam=beam, ms=ms, min=low, max=high)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     with open(args.out, "w") as f:
