@@ -8,8 +8,9 @@ random weights and the eos embedding zeroed, source length 16, exactly 64 decode
 greedy and beam 4 at batch 1 and 32), decoded by `decoding.greedy_decode` /
 `decoding.beam_search` on `Transformer.with_dtype(policy)` copies of one model, in a
 `tf.function` with and without `jit_compile`. ms, median of 15 calls after a warm-up call
-(`decode.median_ms`, min and max in the JSON); each output is checked to end at step 64. The CPU flags are written beside
-the figures: bf16 only has a chance on CPUs with bf16 units (avx512_bf16 / amx_bf16).
+(`decode.median_ms`, min and max in the JSON); each output is checked to end at step 64.
+The CPU flags are written beside the figures: bf16 only has a chance on CPUs with bf16
+units (avx512_bf16 / amx_bf16).
 """
 
 import argparse
@@ -17,7 +18,6 @@ import json
 import os
 import sys
 
-import numpy as np
 import tensorflow as tf
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -29,7 +29,7 @@ from keras_transformer import decoding  # noqa: E402
 from keras_transformer.tokenizer import EOS_ID  # noqa: E402
 from keras_transformer.training.precision import cpu_flags  # noqa: E402
 
-STEPS, SOURCE_LENGTH, RUNS = 64, 16, 15
+STEPS, SOURCE_LENGTH, RUNS = decode.NEW_TOKENS, decode.SOURCE_LENGTH, 15
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8")
 SETTINGS = ("float32:xla", "float32:graph", "bfloat16:xla", "bfloat16:graph")
 
@@ -57,8 +57,7 @@ def main():
         policy, mode = setting.split(":")
         for beam, decoder in decoders(base.with_dtype(policy), mode == "xla").items():
             for batch in (1, 32):
-                rng = np.random.default_rng(0)
-                ids = tf.constant(rng.integers(4, decode.VOCAB, (batch, SOURCE_LENGTH)), tf.int32)
+                ids = decode.source_ids(batch)  # the same ids as bench/decode.py's cells
                 out = decoder(ids).numpy()
                 ends = {list(row).index(EOS_ID) if EOS_ID in row else -1 for row in out}
                 if ends != {STEPS - 1}:
