@@ -1,6 +1,19 @@
 """keras-transformer: the Transformer of "Attention Is All You Need" in Keras 3."""
 
 from setuptools import setup
+from setuptools.command.develop import develop
+
+
+class _NoLegacyDevelop(develop):
+    """An old pip (before 21.3, or with setuptools before 64) installs `-e .` through
+    `setup.py develop`, which puts the repository on the path instead of honouring
+    `package_dir`: `keras_transformer.training` would not import. Refuse it in one line."""
+
+    def run(self):
+        raise SystemExit("keras-transformer: this pip/setuptools is too old for an editable "
+                         "install of this layout; run `python -m pip install --upgrade pip "
+                         "setuptools` and install again")
+
 
 PACKAGES = [
     "keras_transformer",
@@ -42,5 +55,6 @@ setup(
                  "ipykernel"],
         "bench": ["keras-hub==0.32.*", "ctranslate2==4.8.*"],
     },
+    cmdclass={"develop": _NoLegacyDevelop},
     entry_points={"console_scripts": ["keras-transformer=keras_transformer.cli:main"]},
 )

@@ -1,5 +1,7 @@
 """The learning-rate schedule and optimizer of §5.3, and a cosine variant for fixed budgets."""
 
+import math
+
 import keras
 from keras import ops
 
@@ -36,16 +38,67 @@ def peak_learning_rate(d_model, warmup_steps, scale=1.0):
     return scale * float(d_model) ** -0.5 * float(warmup_steps) ** -0.5
 
 
+@keras.saving.register_keras_serializable(package="keras_transformer")
+class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """A line from 0 up to `peak` over `warmup_steps`, then half a cosine down to zero at
+    `total_steps`; zero after it.
+
+    The end lives in a variable, so `set_total_steps` moves it while a compiled train step
+    keeps running, without a retrace: a run with a time budget re-plans its end from the
+    pace it measures (`training.schedule_to_budget`). The rate is read before each update
+    (`iteration` counts the updates done), as Keras' `CosineDecay` reads it.
+
+    Example:
+    >>> schedule = WarmupCosineDecay(1e-3, warmup_steps=100, total_steps=1100)
+    >>> [round(float(schedule(step)), 6) for step in (50, 100, 600, 1100)]
+    [0.0005, 0.001, 0.0005, 0.0]
+    >>> schedule.set_total_steps(600)
+    >>> round(float(schedule(350)), 6)
+    0.0005
+    """
+
+    def __init__(self, peak, warmup_steps, total_steps):
+        if not total_steps or total_steps <= warmup_steps:
+            raise ValueError(f"a cosine decay needs total_steps > warmup_steps "
+                             f"({warmup_steps}), got {total_steps}")
+        self.peak, self.warmup_steps = float(peak), int(warmup_steps)
+        self.total_steps = keras.Variable(float(total_steps), trainable=False,
+                                          dtype="float32", name="cosine_total_steps")
+
+    def set_total_steps(self, total_steps):
+        """End the decay at update `total_steps` (kept past the warm-up)."""
+        self.total_steps.assign(float(max(total_steps, self.warmup_steps + 1)))
+
+    def __call__(self, iteration):
+        step = ops.cast(iteration, "float32")
+        warmup = float(self.warmup_steps)
+        done = ops.clip((step - warmup) / (self.total_steps - warmup), 0.0, 1.0)
+        cosine = 0.5 * self.peak * (1.0 + ops.cos(math.pi * done))
+        return ops.where(step < warmup, self.peak * step / warmup, cosine)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps,
+                "total_steps": int(self.total_steps.numpy())}
+
+
+def cosine_schedule(optimizer):
+    """The `WarmupCosineDecay` an optimizer follows, or None (a loss-scale wrapper is looked
+    through). Keras keeps the schedule object only in the private `_learning_rate`; the
+    public `learning_rate` is its current value."""
+    schedule = getattr(getattr(optimizer, "inner_optimizer", optimizer), "_learning_rate", None)
+    return schedule if isinstance(schedule, WarmupCosineDecay) else None
+
+
 def learning_rate_schedule(d_model, warmup_steps=4000, scale=1.0, decay="inverse_sqrt",
                            total_steps=None):
     """The warm-up schedule with the paper's decay or a cosine decay to zero.
 
     Both warm up linearly to the same peak (`peak_learning_rate`), so `scale` means the
-    same for either. `decay="inverse_sqrt"` is eq. 3; `decay="cosine"` is Keras'
-    `CosineDecay`, reaching zero once `total_steps` updates (all of the run's) are done:
-    a run whose length is known in advance ends on small steps instead of on the
+    same for either. `decay="inverse_sqrt"` is eq. 3; `decay="cosine"` is
+    `WarmupCosineDecay`, reaching zero once `total_steps` updates (all of the run's) are
+    done: a run whose length is known in advance ends on small steps instead of on the
     inverse-sqrt tail (training/results/sweep/ compares the two). Its warm-up line starts
-    at 0 (Keras reads the rate before each update), one update behind eq. 3's.
+    at 0 (the rate is read before each update), one update behind eq. 3's.
 
     Example:
     >>> schedule = learning_rate_schedule(128, 600, 0.5, "cosine", total_steps=3000)
@@ -56,13 +109,8 @@ def learning_rate_schedule(d_model, warmup_steps=4000, scale=1.0, decay="inverse
         return InverseSqrtSchedule(d_model, warmup_steps, scale)
     if decay != "cosine":
         raise ValueError(f"decay must be inverse_sqrt or cosine, not {decay!r}")
-    if not total_steps or total_steps <= warmup_steps:
-        raise ValueError(f"a cosine decay needs total_steps > warmup_steps ({warmup_steps}), "
-                         f"got {total_steps}")
-    return keras.optimizers.schedules.CosineDecay(
-        0.0, total_steps - warmup_steps, alpha=0.0,
-        warmup_target=peak_learning_rate(d_model, warmup_steps, scale),
-        warmup_steps=warmup_steps)
+    return WarmupCosineDecay(peak_learning_rate(d_model, warmup_steps, scale), warmup_steps,
+                             total_steps)
 
 
 def paper_optimizer(d_model, warmup_steps=4000, scale=1.0, decay="inverse_sqrt",

@@ -1,5 +1,6 @@
 """A tiny model trained with `model.fit` learns to reverse sequences."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -59,3 +60,41 @@ def test_cosine_schedule_peaks_with_the_paper_schedule_and_ends_at_zero():
     assert all(a > b for a, b in zip(rates, rates[1:]))
     assert rates[-1] == pytest.approx(0.0, abs=1e-9) and float(cosine(2999)) > 0
     assert float(cosine(1800)) == pytest.approx(float(cosine(600)) / 2, rel=1e-5)  # halfway
+
+
+def test_warmup_cosine_decay_is_keras_cosine_decay_with_warm_up():
+    """Our cosine (its end movable) gives Keras' CosineDecay numbers at every step."""
+    from keras_transformer.schedules import WarmupCosineDecay
+
+    ours = WarmupCosineDecay(2e-3, warmup_steps=600, total_steps=3000)
+    keras_cosine = keras.optimizers.schedules.CosineDecay(
+        0.0, 2400, alpha=0.0, warmup_target=2e-3, warmup_steps=600)
+    steps = np.arange(0, 3200, 7)
+    np.testing.assert_allclose([float(ours(s)) for s in steps],
+                               [float(keras_cosine(s)) for s in steps], rtol=1e-5, atol=1e-9)
+    with pytest.raises(ValueError, match="total_steps > warmup_steps"):
+        WarmupCosineDecay(1e-3, warmup_steps=600, total_steps=600)
+
+
+@pytest.mark.parametrize("jit_compile", [True, False])
+def test_a_moved_cosine_end_reaches_the_compiled_train_step(jit_compile):
+    """`set_total_steps` between two fits changes the rates the already compiled step uses.
+
+    With SGD on w·x for x = 1 and the loss mean(y), each update subtracts exactly that
+    update's learning rate from w, so -w is the sum of the rates applied."""
+    from keras_transformer.schedules import WarmupCosineDecay
+
+    schedule = WarmupCosineDecay(1.0, warmup_steps=2, total_steps=40)
+    model = keras.Sequential([keras.Input((1,)),
+                              keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")])
+    model.compile(keras.optimizers.SGD(schedule), lambda y, p: keras.ops.mean(p),
+                  jit_compile=jit_compile)
+    x, y = np.ones((10, 1), "float32"), np.zeros((10, 1), "float32")
+    model.fit(x, y, batch_size=1, epochs=1, shuffle=False, verbose=0)
+    before = [float(schedule(step)) for step in range(10)]
+    schedule.set_total_steps(12)  # the end moves to 2 updates from now
+    model.fit(x, y, batch_size=1, epochs=1, shuffle=False, verbose=0)
+    after = [float(schedule(step)) for step in range(10, 20)]
+    assert after[2:] == [0.0] * 8 and after[0] > 0
+    np.testing.assert_allclose(-model.get_weights()[0].item(), sum(before) + sum(after),
+                               rtol=1e-5)

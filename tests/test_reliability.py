@@ -274,6 +274,15 @@ def test_a_time_budget_cannot_bound_a_multi_worker_run():
     parse_config({"training": {"strategy": "multi_worker", "max_steps": 100}})
 
 
+def test_schedule_to_budget_needs_a_cosine_and_a_budget():
+    for training in ({"schedule_to_budget": True, "decay": "cosine"},
+                     {"schedule_to_budget": True, "time_budget_minutes": 5}):
+        message = _assert_names_key({"training": training}, "training", "schedule_to_budget")
+        assert "cosine" in message and "time_budget_minutes" in message
+    parse_config({"training": {"schedule_to_budget": True, "decay": "cosine",
+                               "time_budget_minutes": 5}})
+
+
 def test_gradient_accumulation_is_refused_with_multi_worker():
     message = _assert_names_key({"training": {"strategy": "multi_worker", "max_steps": 10,
                                               "accumulate_batches": 2}},

@@ -125,6 +125,33 @@ def test_time_budget_stops_mid_epoch_when_used_up(tmp_path):
     assert os.path.exists(tmp_path / "run" / "model.keras")
 
 
+def test_schedule_to_budget_ends_the_cosine_with_the_budget(tmp_path):
+    """With `schedule_to_budget` the cosine no longer ends after `epochs` (far beyond the
+    budget here) but where the budget does: the run stops with its learning rate near
+    zero, not at the peak where a fixed end leaves a budget-stopped run."""
+    from keras_transformer.schedules import cosine_schedule
+    from keras_transformer.training.config import parse_config
+    from keras_transformer.training.train import train
+
+    values = yaml.safe_load(open(TINY_CONFIG))
+    values["data"]["train_limit"] = 600  # epochs of ~10 steps: several fit the budget
+    values["training"].update(epochs=1000, warmup_steps=10, decay="cosine",
+                              time_budget_minutes=0.75, schedule_to_budget=True,
+                              average_last=0)
+    model, _, summary = train(parse_config(values), str(tmp_path / "run"), verbose=0)
+    planned = 1000 * summary["steps_per_epoch"]
+    ends = summary["schedule_ends"]
+    assert ends and max(ends) < planned and summary["steps"] < planned
+    schedule = cosine_schedule(model.optimizer)
+    peak = schedule.peak
+    # The run ends at the planned end (rate 0) or, if the budget cut the last epoch short,
+    # within it: either way far down the cosine.
+    assert summary["steps"] >= ends[-1] or summary["stopped_by_time_budget"]
+    assert float(schedule(summary["steps"] - 1)) < 0.25 * peak
+    saved = keras.saving.load_model(str(tmp_path / "run" / "model.keras"))
+    assert cosine_schedule(saved.optimizer).get_config()["total_steps"] == ends[-1]
+
+
 def test_epoch_estimate_leaves_out_one_off_compilations():
     """The first epoch traces and compiles each length bucket once (seconds against a
     fraction of a second a step): the budget must judge the next epoch without them,

@@ -11,7 +11,8 @@ and when `fit` returns:
     backup/batch-000001015/weights.weights.h5   weights + optimizer (step count, Adam
                                                 moments, gradient-accumulation sums)
     backup/batch-000001015/state.json           epochs done, batches taken, dropout seed
-                                                states, seconds trained, finished or not
+                                                states, seconds trained, finished or not,
+                                                where a cosine decay ends
 
 On a restart `restore` loads the newest readable backup and `train` skips the training
 stream forward by the batches already taken (a seeded, deterministic `tf.data` pipeline), so
@@ -33,6 +34,7 @@ import time
 import keras
 
 from keras_transformer.atomic import PARTIAL, remove, replaced_when_done
+from keras_transformer.schedules import cosine_schedule
 from keras_transformer.training.averaging import checkpoint_position, list_checkpoints
 from keras_transformer.training.config import RunError
 from keras_transformer.training.progress import optimizer_steps
@@ -91,6 +93,9 @@ class RunBackup(keras.callbacks.Callback):
                  "optimizer_steps": optimizer_steps(self.model),
                  "seconds": round(self.seconds(), 1), "finished": finished,
                  "seeds": [v.numpy().tolist() for v in _seed_states(self.model)]}
+        schedule = cosine_schedule(self.model.optimizer)
+        if schedule is not None:  # its end may have been re-planned (schedule_to_budget)
+            state["cosine_total_steps"] = int(schedule.total_steps.numpy())
         os.makedirs(self.directory, exist_ok=True)
         if self._saved_at == self.batches:  # the same weights: only the state changes
             with replaced_when_done(os.path.join(self._path(self.batches), "state.json")) \

@@ -122,6 +122,13 @@ class TrainingConfig(_Validated):
     # still runs); None trains all `epochs`. Keeps a run's wall time bounded on slower
     # machines; the steps it trained are in summary.json.
     time_budget_minutes: Optional[float] = None
+    # With decay cosine and a time budget: the cosine reaches zero when the budget ends
+    # instead of after `epochs` (which becomes the most the run may train). After every
+    # epoch the run re-plans its last update from the pace measured so far
+    # (training/progress.py, BudgetedDecay), so a faster machine trains longer and a
+    # slower one still finishes its decay. The plan follows the clock: two runs of one
+    # config need not take the same number of steps.
+    schedule_to_budget: bool = False
     # Step-based runs for corpora where one pass takes hours: an "epoch" (validation,
     # the backup a killed run resumes from, a history row) every `steps_per_epoch` steps
     # instead of one counted pass over the corpus, and `max_steps` in all (the paper: 100k
@@ -147,6 +154,7 @@ class TrainingConfig(_Validated):
         "checkpoint_every": at_least(1),
         "average_last": at_least(0),
         "time_budget_minutes": (lambda value: value > 0, "> 0"),
+        "schedule_to_budget": (lambda value: value is True or value is False, "true or false"),
         "steps_per_epoch": at_least(1), "max_steps": at_least(1),
         # `is`: 0 and 1 compare equal to False and True but are not YAML booleans.
         "jit_compile": (lambda value: value is True or value is False or value == "auto",
@@ -250,6 +258,10 @@ def parse_config(values, where="config"):
         raise ConfigError(f"{where}: training.time_budget_minutes cannot bound a "
                           f"multi_worker run (workers would stop at different steps); "
                           f"set training.max_steps")
+    if training.schedule_to_budget and not (training.decay == "cosine"
+                                            and training.time_budget_minutes):
+        raise ConfigError(f"{where}: training.schedule_to_budget needs training.decay: "
+                          f"cosine and a training.time_budget_minutes to end it at")
     if training.strategy == "multi_worker" and training.accumulate_batches > 1:
         # The chief alone saves backups and checkpoints; reading the per-replica gradient
         # sums for them would be a collective the other workers never join.

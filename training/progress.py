@@ -70,6 +70,10 @@ class EpochClock(keras.callbacks.Callback):
         if self._batches["test"]:
             self.validation_seconds = sum(self._batches["test"])
 
+    def batches(self, kind):
+        """Seconds each "train" or "test" batch of the last epoch took."""
+        return list(self._batches[kind])
+
     def steady_epoch_seconds(self):
         measured = sum(sum(b) for b in self._batches.values())
         other = max(0.0, self.epoch_seconds[-1] - measured)
@@ -80,9 +84,9 @@ class TrainingPlan(keras.callbacks.Callback):
     """Prints the plan before the first step and a time estimate after the first epoch."""
 
     def __init__(self, clock, epochs, steps_per_epoch, tokens_per_epoch, precision,
-                 budget=None):
+                 budget=None, to_budget=False):
         super().__init__()
-        self.clock, self.budget = clock, budget
+        self.clock, self.budget, self.to_budget = clock, budget, to_budget
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
         self.tokens_per_epoch, self.precision = tokens_per_epoch, precision
         self.first_epoch = None
@@ -90,9 +94,11 @@ class TrainingPlan(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         tokens = (f"{self.tokens_per_epoch:,} target tokens an epoch" if self.tokens_per_epoch
                   else "epochs of a fixed step count")
-        print(f"plan: {self.epochs} epochs x {self.steps_per_epoch} steps "
-              f"({self.epochs * self.steps_per_epoch} steps, {tokens}), {self.precision}"
-              + (f", at most {self.budget:g} min of training" if self.budget else ""),
+        print(f"plan: {'at most ' if self.to_budget else ''}{self.epochs} epochs x "
+              f"{self.steps_per_epoch} steps ({self.epochs * self.steps_per_epoch} steps, "
+              f"{tokens}), {self.precision}"
+              + (f", at most {self.budget:g} min of training" if self.budget else "")
+              + (", the learning rate decaying to zero as it ends" if self.to_budget else ""),
               flush=True)
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -137,14 +143,81 @@ class TimeBudget(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
+    def elapsed(self):
+        """Seconds of the budget used (by this run and the ones it resumes)."""
+        return time.time() - self.started + self.used_seconds
+
+    def seconds_left(self):
+        """Seconds of training left before this stops `fit`."""
+        return self.seconds - self.elapsed() - self.clock.validation_seconds
+
     def on_train_batch_end(self, batch, logs=None):
-        elapsed = time.time() - self.started + self.used_seconds
-        if self.stopped_after or elapsed + self.clock.validation_seconds < self.seconds:
+        if self.stopped_after or self.seconds_left() > 0:
             return
+        elapsed = self.elapsed()
         self.model.stop_training = True
         self.stopped_after = (self.epoch + 1, batch + 1)
         print(f"\ntime budget: stopping in epoch {self.epoch + 1} after step {batch + 1} "
               f"({elapsed / 60:.1f} of {self.seconds / 60:g} min)", flush=True)
+
+
+class BudgetedDecay(keras.callbacks.Callback):
+    """Ends a cosine decay (`WarmupCosineDecay`) where the time budget ends.
+
+    After every epoch it re-plans the schedule's last update: the updates done plus those
+    the seconds left will hold at the pace measured so far (the median of this run's
+    steady epochs, validation included, per training batch), never past `planned`
+    updates. A fixed end either is cut by the budget at a high learning rate on a slower
+    machine or leaves minutes of the budget unused on a faster one. It stops `fit` at the
+    end, where the learning rate is zero. `ends` holds each epoch's plan.
+
+    Example (a loop this small finishes long before its minute is up, so the plan keeps
+    the `planned` 40 updates):
+    >>> import numpy as np
+    >>> from keras_transformer.schedules import WarmupCosineDecay
+    >>> schedule = WarmupCosineDecay(1e-3, warmup_steps=4, total_steps=40)
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile(keras.optimizers.Adam(schedule), "mse")
+    >>> clock = EpochClock()
+    >>> budget = TimeBudget(clock, minutes=1)
+    >>> decay = BudgetedDecay(clock, budget, schedule, planned=40)
+    >>> _ = model.fit(np.zeros((32, 2)), np.zeros(32), batch_size=8, epochs=10, verbose=0,
+    ...               callbacks=[clock, budget, decay])
+    <BLANKLINE>
+    schedule: the learning rate reaches zero at update 40 (the planned end), re-planned
+    every epoch
+    >>> decay.ends[-1], optimizer_steps(model)
+    (40, 40)
+    """
+
+    def __init__(self, clock, budget, schedule, planned, accumulate_batches=1):
+        super().__init__()
+        self.clock, self.budget, self.schedule = clock, budget, schedule
+        self.planned, self.accumulate = planned, accumulate_batches
+        self.paces = []  # steady seconds per training batch, one an epoch
+        self.ends = []  # the planned last update after each epoch
+        self.end = int(schedule.total_steps.numpy())
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.model.stop_training:  # a cut epoch: the run is over
+            return
+        batches = len(self.clock.batches("train"))
+        self.paces.append(self.clock.steady_epoch_seconds() / max(1, batches))
+        left = max(0.0, self.budget.seconds_left())
+        fits = int(left / statistics.median(self.paces)) // self.accumulate
+        self.end = min(self.planned, optimizer_steps(self.model) + fits)
+        self.schedule.set_total_steps(self.end)
+        self.end = int(self.schedule.total_steps.numpy())  # kept past the warm-up
+        if not self.ends:
+            print(f"\nschedule: the learning rate reaches zero at update {self.end:,} "
+                  f"({'the planned end' if self.end == self.planned else 'the budget end'}), "
+                  f"re-planned every epoch", flush=True)
+        self.ends.append(self.end)
+
+    def on_train_batch_end(self, batch, logs=None):
+        # At the planned end `fit` ends by itself, its last epoch whole.
+        if self.end < self.planned and optimizer_steps(self.model) >= self.end:
+            self.model.stop_training = True
 
 
 def optimizer_steps(model):

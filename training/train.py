@@ -33,7 +33,7 @@ import keras
 from keras_transformer.atomic import remove, replaced_when_done
 from keras_transformer.losses import MaskedAccuracy, MaskedCrossEntropy
 from keras_transformer.model import Transformer
-from keras_transformer.schedules import paper_optimizer
+from keras_transformer.schedules import cosine_schedule, paper_optimizer
 from keras_transformer.tokenizer import SubwordTokenizer
 from keras_transformer.training import corpus
 from keras_transformer.training.averaging import average_checkpoints, list_checkpoints
@@ -45,8 +45,8 @@ from keras_transformer.training.data import (epoch_size, make_batches, with_know
                                              worker_shard)
 from keras_transformer.training.plot import plot_history, read_history
 from keras_transformer.training.precision import resolve_precision
-from keras_transformer.training.progress import (EpochClock, StepLimit, TimeBudget,
-                                                 TrainingPlan, optimizer_steps)
+from keras_transformer.training.progress import (BudgetedDecay, EpochClock, StepLimit,
+                                                 TimeBudget, TrainingPlan, optimizer_steps)
 from keras_transformer.training.strategy import make_strategy
 from keras_transformer.translator import Translator
 
@@ -178,9 +178,18 @@ def train(config, run_dir, verbose="auto", force=False):
     backup = RunBackup(backup_dir, state, write=chief)
     clock = EpochClock()
     plan = TrainingPlan(clock, epochs, steps_per_epoch, tokens_per_epoch,
-                        f"{policy}, XLA {'on' if model.jit_compile else 'off'}", budget)
+                        f"{policy}, XLA {'on' if model.jit_compile else 'off'}", budget,
+                        config.training.schedule_to_budget)
     stopper = TimeBudget(clock, budget, used_seconds=backup.seconds_before) if budget else None
     extra = [clock, plan] + ([stopper] if stopper else [])
+    decay = None
+    if config.training.schedule_to_budget:
+        schedule = cosine_schedule(model.optimizer)
+        if state.get("cosine_total_steps"):  # the end the killed run had planned
+            schedule.set_total_steps(state["cosine_total_steps"])
+        decay = BudgetedDecay(clock, stopper, schedule, total_updates,
+                              config.training.accumulate_batches)
+        extra.append(decay)
     if config.training.max_steps:
         extra.append(StepLimit(config.training.max_steps))
     started = time.time()
@@ -246,6 +255,8 @@ def train(config, run_dir, verbose="auto", force=False):
         "precision": plan.precision,
         "epoch_seconds": clock.epoch_seconds,
         "stopped_by_time_budget": bool(stopper and stopper.stopped_after),
+        # training.schedule_to_budget: the update the cosine ended at, planned after each epoch
+        "schedule_ends": decay.ends if decay else None,
         "resumed_after_steps": state.get("batches", 0),
         "steps_this_run": clock.steps,
         "epochs_this_run": len(history.get("loss", [])),
