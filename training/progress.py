@@ -1,7 +1,9 @@
 """What a run tells its user while `fit` runs: the plan, the time an epoch takes, and
-when a time budget stops it.
+when a time budget stops it; and, with `training.schedule_to_budget`, where in the budget
+the learning rate reaches zero.
 
-The plan and the budget share one clock, `EpochClock`, which times every batch.
+The plan, the budget and the budgeted decay share one clock, `EpochClock`, which times
+every batch.
 """
 
 import statistics
