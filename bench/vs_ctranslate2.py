@@ -312,7 +312,9 @@ def ours_end_to_end(run_dir, source_file, sources):
     from keras_transformer.export.saved_model import saved_model_translator
 
     saved_model = os.path.join(run_dir, "saved_model")
-    cli = shutil.which("keras-transformer")
+    # The venv running this script first: it may not be on PATH (`/venv/bin/python bench/...`).
+    cli = shutil.which("keras-transformer", path=os.pathsep.join(
+        [os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
     if not cli:
         raise RuntimeError("keras-transformer is not on PATH: pip install -e .")
     start = time.perf_counter()
