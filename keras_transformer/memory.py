@@ -3,9 +3,10 @@
 Tracing functions, XLA compiles and the TFLite converter allocate and free hundreds of
 megabytes through malloc. glibc keeps freed pages that sit below live blocks, so the
 resident set stays at its high-water mark and the next phase of a job starts from
-there. Measured on the main-job model (2 cores, 2.21): converting the TFLite translator
-left the process at 2,676 MB resident, 1,627 MB after `release_memory()`; during training
-the resident set plateaued at 2,339 MB, 2,096 MB when released after every batch.
+there. Measured on the main-job model (`python bench/memory_phases.py --run RUN`): after
+converting the TFLite translator the process held 2,025 MB, 1,599 MB after
+`release_memory()`; in a one-epoch training probe the resident set plateaued at 2,339 MB,
+2,096 MB when released after every batch.
 
 Example:
 >>> from keras_transformer.memory import peak_memory_mb, release_memory

@@ -1,0 +1,93 @@
+"""Resident memory through a TFLite export, phase by phase, and what release_memory returns.
+
+    python bench/memory_phases.py --run RUN [--out FILE]
+
+In one fresh process: import TensorFlow, load a training run, trace the translator's
+signatures, convert each signature alone (released after each), then all of them in one
+converter call as `keras-transformer export --format tflite` does, and release. Each line
+is the resident set (VmRSS) and the peak so far (VmHWM), in MB. RUN needs model.keras and
+tokenizer.model (any `keras-transformer train` directory). Writes
+bench/results/memory_phases.json with the CPU flags. ~1 min on 2 cores.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+
+def _status_mb(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) // 1024
+    raise KeyError(key)
+
+
+class _One:
+    """A module holding one traced function (to_tflite converts its concrete_functions)."""
+
+    def __init__(self, function):
+        self.function = function
+
+    def concrete_functions(self):
+        return [self.function]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", required=True, help="a keras-transformer train directory")
+    parser.add_argument("--quantize", default="int8", choices=("none", "float16", "int8"))
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "memory_phases.json"))
+    args = parser.parse_args()
+
+    started, phases = time.time(), []
+
+    def mark(name):
+        row = {"phase": name, "seconds": round(time.time() - started, 1),
+               "resident_mb": _status_mb("VmRSS"), "peak_mb": _status_mb("VmHWM")}
+        phases.append(row)
+        print(f"{row['seconds']:6.1f} s  {name:<40} resident {row['resident_mb']:>5} MB"
+              f"  peak {row['peak_mb']:>5} MB", flush=True)
+
+    import keras_transformer  # noqa: F401  (imports TensorFlow)
+    mark("import TensorFlow")
+    from keras_transformer.export.tflite import EdgeTranslator, to_tflite
+    from keras_transformer.memory import release_memory
+    from keras_transformer.training.evaluate import load_run
+    from keras_transformer.training.precision import cpu_flags
+
+    config, model, tokenizer = load_run(args.run)
+    mark("load the run")
+    options = config.evaluation.decoding_options(max_output_length=128)
+    translator = EdgeTranslator(model.with_dtype("float32"), tokenizer, options)
+    functions = translator.concrete_functions()
+    mark(f"trace {len(functions)} translator signatures")
+    release_memory()
+    mark("release")
+    for function in functions:
+        name = function.name.decode() if isinstance(function.name, bytes) else function.name
+        to_tflite(_One(function), args.quantize)
+        mark(f"convert {re.sub(r'^__inference_|_[0-9]+$', '', name)} alone")
+        release_memory()
+        mark("release")
+    to_tflite(translator, args.quantize)
+    mark(f"convert all {len(functions)} in one call")
+    release_memory()
+    mark("release")
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx2", "avx512", "amx", "avx_vnni")))
+    result = {"cpu": {"cores": os.cpu_count(), "flags": flags}, "run": os.path.abspath(args.run), "quantize": args.quantize,
+              "phases": phases}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
