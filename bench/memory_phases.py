@@ -5,8 +5,8 @@
 In one fresh process: import TensorFlow, load a training run, trace the translator's
 signatures, convert each signature alone (released after each), then all of them in one
 converter call as `keras-transformer export --format tflite` does, and release. Each line
-is the resident set (VmRSS) and the peak so far (VmHWM), in MB. RUN needs model.keras and
-tokenizer.model (any `keras-transformer train` directory). Writes
+is the resident set and the peak so far (`keras_transformer.memory`), in MB. RUN needs
+model.keras and tokenizer.model (any `keras-transformer train` directory). Writes
 bench/results/memory_phases.json with the CPU flags. ~1 min on 2 cores.
 """
 
@@ -20,13 +20,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-
-def _status_mb(key):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) // 1024
-    raise KeyError(key)
+from keras_transformer.memory import (peak_memory_mb, release_memory,  # noqa: E402
+                                      resident_memory_mb)
 
 
 class _One:
@@ -50,15 +45,13 @@ def main():
 
     def mark(name):
         row = {"phase": name, "seconds": round(time.time() - started, 1),
-               "resident_mb": _status_mb("VmRSS"), "peak_mb": _status_mb("VmHWM")}
+               "resident_mb": resident_memory_mb(), "peak_mb": peak_memory_mb()}
         phases.append(row)
         print(f"{row['seconds']:6.1f} s  {name:<40} resident {row['resident_mb']:>5} MB"
               f"  peak {row['peak_mb']:>5} MB", flush=True)
 
-    import keras_transformer  # noqa: F401  (imports TensorFlow)
-    mark("import TensorFlow")
+    mark("import TensorFlow")  # importing keras_transformer.memory imported it
     from keras_transformer.export.tflite import EdgeTranslator, to_tflite
-    from keras_transformer.memory import release_memory
     from keras_transformer.training.evaluate import load_run
     from keras_transformer.training.precision import cpu_flags
 
@@ -81,8 +74,8 @@ def main():
     release_memory()
     mark("release")
     flags = sorted(f for f in cpu_flags() if f.startswith(("avx2", "avx512", "amx", "avx_vnni")))
-    result = {"cpu": {"cores": os.cpu_count(), "flags": flags}, "run": os.path.abspath(args.run), "quantize": args.quantize,
-              "phases": phases}
+    result = {"cpu": {"cores": os.cpu_count(), "flags": flags}, "run": os.path.abspath(args.run),
+              "quantize": args.quantize, "phases": phases}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

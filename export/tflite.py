@@ -230,8 +230,8 @@ def convert_tflite(model, tokenizer, out_path, quantize="none", options=None):
         ".tflite") else out_path + ".step.tflite"
     flatbuffers = {}
     for module, path in ((translator, out_path), (stepper, step_path)):
-        # A conversion frees memory that stays resident (main-job translator: 2,025 MB
-        # after it, 1,599 MB released; bench/memory_phases.py): else the next starts there.
+        # A conversion frees memory that stays resident (main-job translator: 1,940 MB
+        # after it, 1,512 MB released; bench/memory_phases.py): else the next starts there.
         release_memory()
         flatbuffer = to_tflite(module, quantize)
         check_operators(flatbuffer, name=path)

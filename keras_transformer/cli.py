@@ -30,7 +30,6 @@ def _train(args):
         release_memory()
     if not args.no_export:
         export(run=run_dir, fmt="saved_model", out=os.path.join(run_dir, "saved_model"))
-        release_memory()
         export(run=run_dir, fmt="tflite", out=os.path.join(run_dir, "model.int8.tflite"),
                quantize="int8")
         phases["export_seconds"] = round(time.time() - started - sum(phases.values()), 1)

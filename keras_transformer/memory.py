@@ -4,7 +4,7 @@ Tracing functions, XLA compiles and the TFLite converter allocate and free hundr
 megabytes through malloc. glibc keeps freed pages that sit below live blocks, so the
 resident set stays at its high-water mark and the next phase of a job starts from
 there. Measured on the main-job model (`python bench/memory_phases.py --run RUN`): after
-converting the TFLite translator the process held 2,025 MB, 1,599 MB after
+converting the TFLite translator the process held 1,940 MB, 1,512 MB after
 `release_memory()`; in a one-epoch training probe the resident set plateaued at 2,339 MB,
 2,096 MB when released after every batch.
 
