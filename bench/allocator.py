@@ -59,7 +59,7 @@ def run(config, out, use_bfc):
         "user_cpu_seconds": round(after.ru_utime - before.ru_utime, 1),
         "system_cpu_seconds": round(after.ru_stime - before.ru_stime, 1),
         "wall_seconds": round(wall, 1),
-        "peak_memory_mb": summary["peak_memory_mb"]["after_train"],
+        "peak_memory_mb": summary["peak_memory_mb"]["train"],
         "loss": summary["history"]["loss"],
     }
 

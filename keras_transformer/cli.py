@@ -6,39 +6,9 @@ import sys
 
 
 def _train(args):
-    import time
+    from keras_transformer.train_command import run_train_command
 
-    from keras_transformer.memory import peak_memory_mb, release_memory
-    from keras_transformer.training.config import load_config
-    from keras_transformer.training.train import train, write_summary
-
-    started = time.time()
-    config = load_config(args.config)
-    run_dir = args.out or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
-    _, _, summary = train(config, run_dir, verbose=args.verbose, force=args.force)
-    if not summary["chief"]:  # the chief scores, exports and writes the summary
-        return
-    print(f"trained {summary['steps']} steps; run saved in {run_dir}")
-    phases = {"train_seconds": round(time.time() - started, 1)}
-    memory = {"after_train": peak_memory_mb()}
-    # Each phase starts from what the last one still holds, not from its freed heap.
-    release_memory()
-    if not args.no_evaluate:
-        score(run_dir)
-        phases["evaluate_seconds"] = round(time.time() - started - sum(phases.values()), 1)
-        memory["after_evaluate"] = peak_memory_mb()
-        release_memory()
-    if not args.no_export:
-        export(run=run_dir, fmt="saved_model", out=os.path.join(run_dir, "saved_model"))
-        export(run=run_dir, fmt="tflite", out=os.path.join(run_dir, "model.int8.tflite"),
-               quantize="int8")
-        phases["export_seconds"] = round(time.time() - started - sum(phases.values()), 1)
-        memory["after_export"] = peak_memory_mb()
-    # Everything the command did, from reading the config to the last export.
-    summary = {**summary, **phases, "wall_seconds": round(time.time() - started, 1),
-               "peak_memory_mb": memory}
-    write_summary(run_dir, summary)
-    print(f"done in {summary['wall_seconds'] / 60:.1f} min")
+    run_train_command(args, own_process=args.own_process)
 
 
 def _average(args):
@@ -280,6 +250,8 @@ def build_parser():
                        help="skip exporting RUN/saved_model and RUN/model.int8.tflite")
     train.add_argument("--force", action="store_true",
                        help="continue a run with another config than the one it started with")
+    # Internal: the phases left after an exec (keras_transformer/train_command.py).
+    train.add_argument("--phase-state", help=argparse.SUPPRESS)
     train.set_defaults(func=_train)
 
     evaluate = commands.add_parser("evaluate", help="translate a split and score with sacreBLEU")
@@ -353,6 +325,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    # Only the command itself (argv from the command line) may replace its process image.
+    args.own_process = argv is None
     # TensorFlow's default CPU allocator gives each large tensor (the main job's logits
     # are 130 MB a batch) to malloc, which maps and unmaps it every step: 138k page
     # faults a step, a fifth of the main job's CPU time spent in the kernel. Its BFC

@@ -9,8 +9,8 @@ converting the TFLite translator the process held 1,940 MB, 1,512 MB after
 2,096 MB when released after every batch.
 
 Example:
->>> from keras_transformer.memory import peak_memory_mb, release_memory
->>> release_memory() <= peak_memory_mb()
+>>> from keras_transformer.memory import image_peak_memory_mb, peak_memory_mb, release_memory
+>>> release_memory() <= image_peak_memory_mb() <= peak_memory_mb()
 True
 """
 
@@ -24,6 +24,19 @@ import sys
 def peak_memory_mb():
     """Peak resident memory of this process so far, in MB (Linux reports kilobytes)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def image_peak_memory_mb():
+    """Peak resident memory of this process image, in MB: unlike `peak_memory_mb`, it
+    starts again after an exec (Linux VmHWM; the process's peak elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024)
+    except OSError:
+        pass
+    return peak_memory_mb()
 
 
 def resident_memory_mb():
@@ -59,4 +72,4 @@ def release_memory():
     return resident_memory_mb()
 
 
-__all__ = ["peak_memory_mb", "release_memory", "resident_memory_mb"]
+__all__ = ["image_peak_memory_mb", "peak_memory_mb", "release_memory", "resident_memory_mb"]

@@ -2,6 +2,7 @@
 
 import ctypes
 import ctypes.util
+import json
 
 import pytest
 
@@ -36,3 +37,23 @@ def test_freed_heap_below_a_live_block_is_returned():
         assert memory.peak_memory_mb() >= held
     finally:
         libc.free(blocks[-1])
+
+
+def test_image_peak_starts_again_after_exec_while_the_process_peak_does_not():
+    """What the train command's phases rely on (keras_transformer/train_command.py): after
+    an exec, image_peak_memory_mb measures the new image only; peak_memory_mb keeps the
+    whole process's high-water mark."""
+    import subprocess
+    import sys
+
+    after_exec = ("import json; from keras_transformer import memory; "
+                  "print(json.dumps([memory.image_peak_memory_mb(), memory.peak_memory_mb()]))")
+    first_image = ("import os, sys\n"
+                   "block = bytearray(1500 * 2**20)\n"
+                   "block[::4096] = b'\\1' * len(block[::4096])  # make its pages resident\n"
+                   f"os.execv(sys.executable, [sys.executable, '-c', {after_exec!r}])\n")
+    result = subprocess.run([sys.executable, "-c", first_image], capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    image_peak, process_peak = json.loads(result.stdout.splitlines()[-1])
+    assert image_peak < 1400 and process_peak >= 1500, (image_peak, process_peak)
