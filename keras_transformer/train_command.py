@@ -7,8 +7,8 @@ at 4.5 GB converting to TFLite, where the conversion alone needs 2.6 GB
 (`bench/memory_phases.py`). Run as a command, `train` therefore replaces its process image
 between phases (`os.execv`: the same pid, so a shell, a scheduler or `/usr/bin/time` still
 sees one job). Each phase starts from a bare interpreter and the job's peak is its largest
-phase's. What crosses the exec (start
-time, seconds and peak of each phase, phases left) travels as one JSON argument.
+phase's. What crosses the exec (start time, seconds and peak of each phase, phases left)
+travels as one JSON argument.
 
 Called as a function (`cli.main([...])` from tests or a notebook) the phases run in the
 caller's process, which must not be replaced, with `release_memory()` between them;
@@ -25,14 +25,14 @@ PHASES = ("evaluate", "saved_model", "tflite")
 
 def run_train_command(args, own_process):
     """The `train` command for parsed `args`; `own_process`: phases may replace the image."""
-    if args.phase_state:
+    fresh_image = bool(args.phase_state)  # started by an exec: no phase has run in it yet
+    if fresh_image:
         state = json.loads(args.phase_state)
-        state["image_used"] = False
     else:
         state = _train_phase(args)
         if state is None:  # another worker of a multi-worker run: the chief does the rest
             return
-    _run_phases(state, own_process and os.name == "posix")
+    _run_phases(args, state, own_process and os.name == "posix", fresh_image)
 
 
 def _train_phase(args):
@@ -49,18 +49,17 @@ def _train_phase(args):
     print(f"trained {summary['steps']} steps; run saved in {run_dir}")
     todo = [phase for phase in PHASES if not (
         phase == "evaluate" and args.no_evaluate or phase != "evaluate" and args.no_export)]
-    return {"started": started, "run_dir": run_dir, "config": args.config,
-            "verbose": args.verbose, "todo": todo, "image_used": True,
+    return {"started": started, "run_dir": run_dir, "todo": todo,
             "seconds": {"train": round(time.time() - started, 1)},
             "memory_mb": {"train": image_peak_memory_mb()}, "start_memory_mb": {}}
 
 
-def _run_phases(state, may_exec):
+def _run_phases(args, state, may_exec, fresh_image):
     from keras_transformer.memory import image_peak_memory_mb, release_memory
 
     while state["todo"]:
-        if may_exec and state["image_used"]:
-            _exec_next(state)  # does not return
+        if may_exec and not fresh_image:
+            _exec_next(args, state)  # does not return
         if not may_exec:
             release_memory()  # each phase starts from what the last one holds, not its heap
         phase = state["todo"].pop(0)
@@ -70,14 +69,14 @@ def _run_phases(state, may_exec):
         _PHASE_RUNNERS[phase](state["run_dir"])
         state["seconds"][phase] = round(time.time() - began, 1)
         state["memory_mb"][phase] = image_peak_memory_mb()
-        state["image_used"] = True
+        fresh_image = False
     _write_job_summary(state)
 
 
-def _exec_next(state):
+def _exec_next(args, state):
     """Replace this process with one that runs the phases left."""
-    argv = [sys.executable, "-m", "keras_transformer.cli", "train", "--config", state["config"],
-            "--out", state["run_dir"], "--verbose", str(state["verbose"]),
+    argv = [sys.executable, "-m", "keras_transformer.cli", "train", "--config", args.config,
+            "--out", state["run_dir"], "--verbose", str(args.verbose),
             "--phase-state", json.dumps(state)]
     sys.stdout.flush()
     sys.stderr.flush()
