@@ -3,9 +3,10 @@
     python bench/memory_phases.py --run RUN [--out FILE]
 
 In one fresh process: import TensorFlow, load a training run, trace the translator's
-signatures, convert each signature alone (released after each), then all of them in one
-converter call as `keras-transformer export --format tflite` does, and release. Each line
-is the resident set and the peak so far (`keras_transformer.memory`), in MB. RUN needs
+signatures, convert them as `keras-transformer export --format tflite` does (one converter
+call a signature, released after each, the flatbuffers joined: `export/tflite.py`), release,
+then convert all of them in one converter call (as the export used to) and release. Each
+line is the resident set and the peak so far (`keras_transformer.memory`), in MB. RUN needs
 model.keras and tokenizer.model (any `keras-transformer train` directory). Writes
 bench/results/memory_phases.json with the CPU flags. ~1 min on 2 cores.
 """
@@ -13,7 +14,6 @@ bench/results/memory_phases.json with the CPU flags. ~1 min on 2 cores.
 import argparse
 import json
 import os
-import re
 import sys
 import time
 
@@ -22,16 +22,6 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from keras_transformer.memory import (peak_memory_mb, release_memory,  # noqa: E402
                                       resident_memory_mb)
-
-
-class _One:
-    """A module holding one traced function (to_tflite converts its concrete_functions)."""
-
-    def __init__(self, function):
-        self.function = function
-
-    def concrete_functions(self):
-        return [self.function]
 
 
 def main():
@@ -51,7 +41,7 @@ def main():
               f"  peak {row['peak_mb']:>5} MB", flush=True)
 
     mark("import TensorFlow")  # importing keras_transformer.memory imported it
-    from keras_transformer.export.tflite import EdgeTranslator, to_tflite
+    from keras_transformer.export.tflite import EdgeTranslator, convert_functions, to_tflite
     from keras_transformer.training.evaluate import load_run
     from keras_transformer.training.precision import cpu_flags
 
@@ -63,13 +53,11 @@ def main():
     mark(f"trace {len(functions)} translator signatures")
     release_memory()
     mark("release")
-    for function in functions:
-        name = function.name.decode() if isinstance(function.name, bytes) else function.name
-        to_tflite(_One(function), args.quantize)
-        mark(f"convert {re.sub(r'^__inference_|_[0-9]+$', '', name)} alone")
-        release_memory()
-        mark("release")
     to_tflite(translator, args.quantize)
+    mark(f"convert {len(functions)} signatures, a call each, joined")
+    release_memory()
+    mark("release")
+    convert_functions(functions, args.quantize)
     mark(f"convert all {len(functions)} in one call")
     release_memory()
     mark("release")

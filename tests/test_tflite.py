@@ -11,7 +11,9 @@ import tensorflow as tf
 
 from keras_transformer.decoding_options import DecodingOptions
 from keras_transformer.export import litert
-from keras_transformer.export.tflite import EdgeStepper, EdgeTranslator, convert_tflite
+from keras_transformer.export.settings import add_tflite_metadata
+from keras_transformer.export.tflite import (EdgeStepper, EdgeTranslator, convert_functions,
+                                             convert_tflite)
 from keras_transformer.tokenizer import BOS_ID, EOS_ID, SubwordTokenizer
 from keras_transformer.training.streaming import multi30k_paths
 from keras_transformer.translation import TextTranslator
@@ -92,6 +94,32 @@ def test_litert_ids_equal_edge_module_in_tensorflow(run_parts, edge_fp32):
         np.testing.assert_array_equal(got_ids, want["ids"].numpy())
         np.testing.assert_allclose(got_scores, want["scores"].numpy(), atol=1e-4)
         assert got_ids.shape == (len(ids), MAX_OUTPUT)
+
+
+def test_signatures_converted_one_at_a_time_run_as_one_converter_call(run_parts, edge_fp32,
+                                                                       tmp_path):
+    """The export converts each signature in a converter call of its own and joins the
+    flatbuffers (a call holds all its functions in memory). Joined, each signature runs
+    as in one call's conversion of all four: the loops' subgraph indices were moved with
+    them, and the weights the signatures share are stored once."""
+    model, tokenizer = run_parts
+    module = EdgeTranslator(model, tokenizer, OPTIONS)
+    one_call = str(tmp_path / "one_call.tflite")
+    with open(one_call, "wb") as f:
+        f.write(add_tflite_metadata(convert_functions(module.concrete_functions()),
+                                    OPTIONS.to_dict()))
+    joined = edge_fp32[0]
+    signatures = {"translate", "greedy", "translate_ids", "greedy_ids"}
+    assert set(litert.load_interpreter(joined).get_signature_list()) == signatures
+    assert set(litert.load_interpreter(one_call).get_signature_list()) == signatures
+    assert os.path.getsize(joined) < 1.01 * os.path.getsize(one_call)
+    sentences = first_test_sentences(6)
+    ids = tokenizer.tokenize(sentences).to_tensor().numpy()
+    for beam in (1, 2):
+        assert (litert.litert_translator(joined, beam)(sentences)
+                == litert.litert_translator(one_call, beam)(sentences))
+        np.testing.assert_array_equal(litert.litert_ids(joined, ids, beam)[0],
+                                      litert.litert_ids(one_call, ids, beam)[0])
 
 
 def test_streaming_variant_steps_to_the_greedy_output(run_parts, edge_fp32):
