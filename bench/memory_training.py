@@ -10,9 +10,10 @@ bucket's batch shape of `training/data.py` (`batch_tokens // boundary` sentences
 `boundary` tokens, shortest bucket first) in one `fit` over a dataset whose shapes are
 unknown (as `make_batches`' are: one traced step, one XLA program per shape), then
 validate once on the run's `val` split. After each it records the resident set and the
-process's peak (`keras_transformer.memory`), in MB. With XLA it also reads the compiled step's buffer assignment (XLA_FLAGS
---xla_dump_to, a temporary directory): the bytes one step needs for its arguments and
-temporaries. Writes bench/results/memory_training.json with the CPU flags. ~5 min on 2 cores.
+process's peak (`keras_transformer.memory`), in MB. With XLA it also reads the compiled
+step's buffer assignment (XLA_FLAGS --xla_dump_to, a temporary directory): the bytes one
+step needs for its arguments and temporaries. Writes bench/results/memory_training.json
+with the CPU flags. ~5 min on 2 cores.
 """
 
 import argparse

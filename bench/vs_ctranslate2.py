@@ -18,9 +18,10 @@ with --run (most of it the CT2 sweep and our beam-4 passes).
    64), so no length penalty matters. ms, median of --rounds rounds of median-of-5 after a
    warm-up call. Ours float32: `decode.our_decoders(model, 64)` (XLA). Ours int8: the same
    model through `convert_tflite(quantize="int8")`, `greedy_ids` / `translate_ids` in LiteRT
-   with 1 and with 2 threads (the table shows the faster per cell, the JSON both). CT2: every `ctranslate2_peer.SETTINGS` ({float32, int8} x {1, 2 threads} x
-   OMP_WAIT_POLICY {default, ACTIVE}) in a fresh process; the table shows the best setting per
-   cell, the JSON all rows. Ratios are times, ours / CT2: at most 1 meets the issue's goal;
+   with 1 and with 2 threads (the table shows the faster per cell, the JSON both). CT2:
+   every `ctranslate2_peer.SETTINGS` ({float32, int8} x {1, 2 threads} x OMP_WAIT_POLICY
+   {default, ACTIVE}) in a fresh process; the table shows the best setting per cell, the
+   JSON all rows. Ratios are times, ours / CT2: at most 1 meets the issue's goal;
    "ours fastest" is the faster of our float32 XLA and int8 LiteRT.
 2. Real text (--run RUN, a `keras-transformer train` directory with model.keras,
    tokenizer.model, saved_model/, model.int8.tflite): the 1,000 test_2016_flickr sentences,
@@ -38,8 +39,9 @@ with --run (most of it the CT2 sweep and our beam-4 passes).
    differ (ours ((5 + n) / 6)^alpha, CT2 n^alpha, the run's alpha), so beam-4 BLEU can differ
    slightly. Batch 1, first 100 sentences, median ms per sentence including tokenization:
    RUN/model.int8.tflite's `greedy` / `translate` in LiteRT (the faster of 1 and 2 threads)
-   vs CT2 in its best batch-1 setting. The exports hold the decoder of their export time: re-export after
-   changing the decoding code (a warning says when they are older than the code).
+   vs CT2 in its best batch-1 setting. The exports hold the decoder of their export time:
+   re-export after changing the decoding code (a warning says when they are older than the
+   code).
 """
 
 import argparse

@@ -2,13 +2,13 @@
 
 LiteRT's converter holds every function of a call in memory at once: the main-job
 translator's four signatures in one call peaked at 2.6 GB, one at a time at 1.8 GB
-(`bench/memory_phases.py`). `export/tflite.py` converts them one call
-each and joins the flatbuffers here. Joining is bookkeeping on the flatbuffer schema
-(`tensorflow.lite.tools.flatbuffer_utils`' object API): the subgraphs of each part are
-appended with their tensors' buffer indices, operators' opcode indices and the subgraph
-indices inside control-flow options (WHILE's body and condition, IF's branches, ...)
-shifted; constant buffers with the same bytes are stored once, so weights the signatures
-share (the parts freeze the same variables) are not repeated; each signature keeps its key.
+(`bench/memory_phases.py`). `export/tflite.py` converts them one call each and joins the
+flatbuffers here. Joining is bookkeeping on the flatbuffer schema (the object API of
+`tensorflow.lite.tools.flatbuffer_utils`): the subgraphs of each part are appended with
+their tensors' buffer indices, their operators' opcode indices and the subgraph indices
+inside control-flow options (WHILE's body and condition, IF's branches, ...) moved;
+constant buffers with the same bytes are stored once, so the weights the signatures share
+(each part freezes the same variables) are not repeated.
 
 Example:
     >>> import numpy as np
