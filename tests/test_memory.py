@@ -34,7 +34,9 @@ def test_freed_heap_below_a_live_block_is_returned():
         held = memory.resident_memory_mb()
         released = memory.release_memory()
         assert held - released > 100, (held, released)
-        assert memory.peak_memory_mb() >= held
+        # The peak (getrusage) and the resident set (statm) are read from kernel counters
+        # sampled apart (threads cache their page counts): equal up to 1 MB once rounded.
+        assert memory.peak_memory_mb() >= held - 1
     finally:
         libc.free(blocks[-1])
 
