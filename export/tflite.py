@@ -193,8 +193,6 @@ def to_tflite(module, quantize="none"):
     in one call peaked at 2.6 GB against 1.8 GB one at a time, with the same outputs and a
     flatbuffer 8 KB smaller (`bench/memory_phases.py`).
     """
-    if quantize not in QUANTIZATIONS:
-        raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
     parts = {}
     for function in module.concrete_functions():
         parts[function.graph.name] = convert_functions([function], quantize)
@@ -205,6 +203,8 @@ def to_tflite(module, quantize="none"):
 def convert_functions(functions, quantize="none"):
     """One converter call on concrete `functions`: flatbuffer bytes (one signature: key
     serving_default; several: each function's name)."""
+    if quantize not in QUANTIZATIONS:
+        raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
     # The converter saves its `trackable_obj` as a SavedModel and loads it back. Given the
     # module, that meant the whole Keras model and all its functions; the traced
     # functions read frozen constants (FrozenWeights), so an empty holder suffices: the
@@ -261,5 +261,5 @@ def convert_tflite(model, tokenizer, out_path, quantize="none", options=None):
     return out_path, step_path
 
 
-__all__ = ["EdgeStepper", "EdgeTranslator", "convert_functions", "convert_tflite", "FrozenWeights",
-           "to_tflite"]
+__all__ = ["EdgeStepper", "EdgeTranslator", "convert_functions", "convert_tflite",
+           "FrozenWeights", "to_tflite"]

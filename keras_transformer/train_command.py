@@ -4,9 +4,9 @@ TensorFlow does not give back all that a phase allocates (XLA executables, trace
 the TFLite converter's MLIR, glibc arenas), so in one process every phase starts from the
 high-water mark of the ones before it: the main job held 2.6 GB after training and peaked
 at 4.5 GB converting to TFLite, where the conversion alone needed 2.6 GB (1.8 GB since it
-converts one signature a call; `bench/memory_phases.py`). Run as a command, `train` therefore replaces its process image
-between phases (`os.execv`: the same pid, so a shell, a scheduler or `/usr/bin/time` still
-sees one job). Each phase starts from a bare interpreter and the job's peak is its largest
+converts one signature a call; `bench/memory_phases.py`). Run as a command, `train`
+therefore replaces its process image between phases (`os.execv`: the same pid, so a shell,
+a scheduler or `/usr/bin/time` still sees one job). Each phase starts from a bare interpreter and the job's peak is its largest
 phase's. What crosses the exec (start time, seconds and peak of each phase, phases left)
 travels as one JSON argument.
 

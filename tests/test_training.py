@@ -106,9 +106,11 @@ def test_main_job_console_is_quiet_and_reports_the_plan(tmp_path):
     assert summary["steps"] == 2 * summary["steps_per_epoch"]
     # BLEU ran in a fresh process image (keras_transformer/train_command.py): it started
     # from the interpreter and TensorFlow, below training's peak; in the training process
-    # it would start at or above that peak.
+    # it would start at or above that peak. The job's peak is its largest phase's (not
+    # getrusage's, which a process forked from this test runner inherits).
     memory, start = summary["peak_memory_mb"], summary["phase_start_memory_mb"]
     assert 0 < start["evaluate"] < memory["train"], (start, memory)
+    assert memory["job"] == max(v for k, v in memory.items() if k != "job"), memory
     report = json.load(open(run_dir / "bleu.test.json"))
     assert {"bleu", "bleu_lowercase", "chrf"} <= set(report)
     assert report["bleu_lowercase"] >= report["bleu"]
