@@ -2,7 +2,8 @@
 
     apt-get install linux-perf          # Debian; any `perf` on PATH will do
     python bench/litert_profile.py [--run RUN] [--cells 32x4 1x4 32x1 1x1] [--threads 1]
-                                   [--seconds 12] [--out bench/results/litert_profile.json]
+                                   [--seconds 12] [--callers]
+                                   [--out bench/results/litert_profile.json]
 
 The model and cells of bench/vs_ctranslate2.py (the "small" preset with random weights, the
 eos embedding zeroed, source length 16, exactly 64 decoder steps; BATCHxBEAM), converted to
@@ -14,8 +15,10 @@ window). The samples are grouped by the kernel they land in: XNNPACK's int8 matm
 the instruction set of the micro-kernel: avx512amx, avx512vnni, avx2, ...), its activation
 quantization and other operators, TFLite's built-in kernels by operator, the interpreter,
 Python, libc and the OS. "ms a call" is a group's share of the samples times the median
-call time measured in the same window. --run RUN takes the vocabulary from the run, as
-vs_ctranslate2.py does (else one is learned on Multi30k train).
+call time measured in the same window. With --callers the stacks are unwound too (DWARF)
+and each sample in a libc copy is charged to the TFLite operator that made it (WHILE's
+loop-state copies, GATHER, CONCATENATION, ...). --run RUN takes the vocabulary from the
+run, as vs_ctranslate2.py does (else one is learned on Multi30k train).
 """
 
 import argparse
@@ -38,6 +41,7 @@ GROUPS = (
     ("XNNPACK int8 matmul ({isa})", r"xnn_qdu?8_f32_qc8w_gemm\w*?__(\w+)"),
     ("XNNPACK quantize activations", r"xnn_\w*(qdu?8_vcvt|f32_qdu?8|rminmax|f32_qs8_vcvt)"),
     ("XNNPACK float32 matmul", r"xnn_f32_(gemm|igemm|ppmm)"),
+    ("XNNPACK packing matmul operands", r"xnn_\w*packw"),
     ("XNNPACK other", r"xnn_|xnnpack"),
     ("TFLite {op}", r"tflite::ops::builtin::(\w+)::"),
     ("TFLite kernel {op}", r"tflite::(?:optimized_ops|reference_ops|optimized_4bit)::(\w+)"),
@@ -67,6 +71,30 @@ def parse_report(text):
     return rows
 
 
+def callers_of_copies(perf, data):
+    """{TFLite operator: % of all samples} for the samples in libc copies (memmove, memset,
+    memcpy): each is charged to the innermost TFLite built-in operator (or the XNNPACK
+    delegate) on its DWARF-unwound stack."""
+    script = subprocess.run([perf, "script", "-i", data, "-F", "ip,sym,dso"],
+                            capture_output=True, text=True, check=True).stdout
+    charged, samples = Counter(), 0
+    for block in script.split("\n\n"):
+        frames = [line.strip() for line in block.splitlines() if line.strip()]
+        if not frames:
+            continue
+        samples += 1
+        if not re.search(r"mem(move|cpy|set)", frames[0]):
+            continue
+        caller = "unknown (stack not unwound)"
+        for frame in frames[1:]:
+            match = re.search(r"tflite::ops::builtin::(\w+)::|tflite::(xnnpack)::", frame)
+            if match:
+                caller = match.group(1) or "XNNPACK delegate"
+                break
+        charged[caller] += 1
+    return {op: round(100 * n / max(samples, 1), 1) for op, n in charged.most_common()}
+
+
 def child(path, signature, batch, threads, seconds):
     """Warm up, print "ready", call the signature for `seconds`, print the call times."""
     import numpy as np
@@ -87,7 +115,7 @@ def child(path, signature, batch, threads, seconds):
     print(json.dumps(times), flush=True)
 
 
-def profile_cell(perf, path, vocab, batch, beam, threads, seconds, tmp):
+def profile_cell(perf, path, vocab, batch, beam, threads, seconds, tmp, callers=False):
     import vs_ctranslate2 as vs
 
     signature = vs.SIGNATURES[beam]
@@ -98,9 +126,10 @@ def profile_cell(perf, path, vocab, batch, beam, threads, seconds, tmp):
     if proc.stdout.readline().strip() != "ready":
         raise RuntimeError(f"the {signature} child failed before its first call")
     data = os.path.join(tmp, f"{batch}x{beam}.perf")
-    subprocess.run([perf, "record", "-q", "-e", "cpu-clock", "-F", "997", "-p", str(proc.pid),
-                    "-o", data, "--", "sleep", str(max(1, seconds - 1))], check=True,
-                   stdout=subprocess.DEVNULL)
+    unwind = ["--call-graph", "dwarf,16384"] if callers else []
+    subprocess.run([perf, "record", "-q", "-e", "cpu-clock", "-F", "997", *unwind, "-p",
+                    str(proc.pid), "-o", data, "--", "sleep", str(max(1, seconds - 1))],
+                   check=True, stdout=subprocess.DEVNULL)
     times = json.loads(proc.stdout.readline())
     proc.wait()
     report = subprocess.run([perf, "report", "-i", data, "--no-children", "--sort", "dso,symbol",
@@ -112,8 +141,9 @@ def profile_cell(perf, path, vocab, batch, beam, threads, seconds, tmp):
         groups[group_of(line)] += percent
     ms = statistics.median(times)
     top = sorted(symbols.items(), key=lambda kv: -kv[1])[:15]
+    copies = callers_of_copies(perf, data) if callers else None
     return dict(batch=batch, beam_size=beam, threads=threads, calls=len(times),
-                median_ms=round(ms, 2),
+                median_ms=round(ms, 2), copies_by_operator=copies,
                 groups=[dict(group=g, percent=round(p, 1), ms_per_call=round(ms * p / 100, 2))
                         for g, p in groups.most_common()],
                 top_symbols=[dict(symbol=s, percent=round(p, 2)) for s, p in top])
@@ -129,6 +159,10 @@ def markdown(results):
                   "| where | % of samples | ms a call |", "|---|---:|---:|"]
         lines += [f"| {g['group']} | {g['percent']} | {g['ms_per_call']} |"
                   for g in cell["groups"] if g["percent"] >= 0.5]
+        if cell.get("copies_by_operator"):
+            lines += ["", "libc copies by the TFLite operator that made them (% of all samples): "
+                      + ", ".join(f"{op} {p}" for op, p in cell["copies_by_operator"].items()
+                                  if p >= 0.5) + "."]
     return "\n".join(lines)
 
 
@@ -139,6 +173,8 @@ def main(argv=None):
                         help="BATCHxBEAM, beam 1 (greedy) or 4")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seconds", type=int, default=12, help="sampling window per cell")
+    parser.add_argument("--callers", action="store_true",
+                        help="also unwind stacks (DWARF) to charge libc copies to operators")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "litert_profile.json"))
     parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)  # internal
     args = parser.parse_args(argv)
@@ -166,7 +202,8 @@ def main(argv=None):
                               decode.NEW_TOKENS)
         for batch, beam in cells:
             results["cells"].append(profile_cell(perf, path, model.config.vocab_size, batch,
-                                                 beam, args.threads, args.seconds, tmp))
+                                                 beam, args.threads, args.seconds, tmp,
+                                                 args.callers))
             print(json.dumps(results["cells"][-1]["groups"][:6]), flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
