@@ -205,11 +205,7 @@ def main(argv=None):
                                                  beam, args.threads, args.seconds, tmp,
                                                  args.callers))
             print(json.dumps(results["cells"][-1]["groups"][:6]), flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(markdown(results))
-    print("wrote " + args.out)
+    vs.write_results(results, args.out, markdown)
 
 
 if __name__ == "__main__":

@@ -290,6 +290,15 @@ def markdown(results):
     return "\n".join(lines)
 
 
+def write_results(results, path, to_markdown):
+    """`results` as JSON at `path` (its folder made), then its Markdown on stdout."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    print(to_markdown(results))
+    print("wrote " + path)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", help="a training run: adds the end-to-end tables")
@@ -323,11 +332,7 @@ def main(argv=None):
             import vs_ctranslate2_text
 
             results["end_to_end"] = vs_ctranslate2_text.end_to_end(args.run, preset, tmp)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=2)
-    print(markdown(results))
-    print("wrote " + args.out)
+    write_results(results, args.out, markdown)
 
 
 if __name__ == "__main__":
