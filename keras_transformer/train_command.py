@@ -6,9 +6,9 @@ high-water mark of the ones before it: the main job held 2.6 GB after training a
 at 4.5 GB converting to TFLite, where the conversion alone needed 2.6 GB (1.8 GB since it
 converts one signature a call; `bench/memory_phases.py`). Run as a command, `train`
 therefore replaces its process image between phases (`os.execv`: the same pid, so a shell,
-a scheduler or `/usr/bin/time` still sees one job). Each phase starts from a bare interpreter and the job's peak is its largest
-phase's. What crosses the exec (start time, seconds and peak of each phase, phases left)
-travels as one JSON argument.
+a scheduler or `/usr/bin/time` still sees one job). Each phase starts from a bare
+interpreter and the job's peak is its largest phase's. What crosses the exec (start time,
+seconds and peak of each phase, phases left) travels as one JSON argument.
 
 Called as a function (`cli.main([...])` from tests or a notebook) the phases run in the
 caller's process, which must not be replaced, with `release_memory()` between them;
