@@ -34,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import keras_transformer as kt  # noqa: E402
-from keras_transformer import decoding  # noqa: E402
+from keras_transformer import decoding, decoding_loop  # noqa: E402
 from keras_transformer.tokenizer import EOS_ID  # noqa: E402
 from keras_transformer.training.precision import cpu_flags  # noqa: E402
 
@@ -120,7 +120,7 @@ def variants(model, batch, capacity, steps):
     parts = dict(decode_step=decode_step, decoder_layers=decoder_layers,
                  logits_matmul=logits_matmul, best_extensions=best_extensions,
                  gather_cache=gather_cache)
-    if capacity == min(steps, decoding.FIRST_SEGMENT):  # beam_search's own first segment
+    if capacity == min(steps, decoding_loop.FIRST_SEGMENT):  # beam_search's own first segment
         parts["beam_search"] = beam_search
     return {name: tf.function(fn, jit_compile=True) for name, fn in parts.items()}
 

@@ -83,8 +83,10 @@ class EdgeTranslator(tf.Module):
 
     def _decode(self, source_ids, beam_size):
         with self._weights.scope():
+            # No batch compaction: its scatter has no TFLite builtin, and the text
+            # signatures decode one sentence.
             return decoding.decode(self._model, source_ids, self.max_output_length,
-                                   self.options.replace(beam_size=beam_size))
+                                   self.options.replace(beam_size=beam_size), compact=False)
 
     def _source_ids(self, sentence):
         """One sentence → `[1, length]` ids, with dense ops only (ragged slicing and

@@ -1,9 +1,9 @@
 """Greedy and beam-search decoding with the preallocated key/value cache (§6.1).
 
-Both decoders run `tf.while_loop`s whose state has static shapes (the cache is written
-in place; between the two loop segments it is padded to full size, see `_capacities`), so
-they trace once per (batch, source length) and compile whole under XLA
-(`jit_compile=True`) and into TFLite builtins.
+Both decoders run their steps through `decoding_loop.run`: `tf.while_loop`s with static
+shapes (the cache is written in place, grown between two loop segments, and a batch whose
+sentences have mostly settled goes on narrower), so they trace once per (batch, source
+length) and compile whole under XLA (`jit_compile=True`) and into TFLite builtins.
 
 Outputs are token ids `[batch, max_length]` (eos then pad after the end) and a score
 per sentence: the sum of token log-probabilities (greedy) or that sum divided by the
@@ -12,13 +12,11 @@ GNMT length penalty ((5 + length) / 6)^α (beam search).
 
 import tensorflow as tf
 
+from keras_transformer import decoding_loop
 from keras_transformer.decoding_options import STOPPING, DecodingOptions
 from keras_transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 _NEG_INF = -1e9
-# Cache slots of the first loop segment (see `_capacities`); Multi30k translations are
-# ~15 subword tokens long on average, and few exceed 32.
-FIRST_SEGMENT = 32
 # Block width of `top_k_by_blocks`: in an ad-hoc timing of the top-k alone over 128 rows
 # of 8,000 logits (2 AVX2 cores), 16 and 32 were fastest (0.46 and 0.42 ms; 64: 0.56-0.67,
 # 48 and 96: > 1 ms; a whole-row `tf.math.top_k`: 2.3 ms).
@@ -46,7 +44,7 @@ def _write(tokens, position, values):
     return tf.where(tf.equal(columns, position), tf.expand_dims(values, -1), tokens)
 
 
-def greedy_decode(model, source_ids, max_length, max_extra_length=50):
+def greedy_decode(model, source_ids, max_length, max_extra_length=50, compact=True):
     """Pick the most likely token at each step.
 
     Args:
@@ -54,34 +52,36 @@ def greedy_decode(model, source_ids, max_length, max_extra_length=50):
         source_ids: int32 `[batch, src_len]`, pad 0.
         max_length: static size of the output (and of the cache).
         max_extra_length: a sentence stops after source length + this many tokens.
+        compact: go on with a narrower batch once most sentences have finished
+            (`decoding_loop`; the same output).
 
     Returns `(ids [batch, max_length], log_prob [batch])`.
     """
     source_ids = tf.convert_to_tensor(source_ids, tf.int32)
     batch = tf.shape(source_ids)[0]
     memory, source_mask = model.encode(source_ids, training=False)
-    limits = output_limits(source_ids, max_extra_length, max_length)
-    state = (
-        tf.constant(0),
+    sentences = (
         _write(tf.zeros([batch, max_length + 1], tf.int32), 0, tf.fill([batch], BOS_ID)),
-        tf.zeros([batch], tf.bool),
-        tf.zeros([batch], tf.float32),
-        model.init_cache(memory, _capacities(max_length)[0]),
+        tf.zeros([batch], tf.bool),                            # finished
+        tf.zeros([batch], tf.float32),                         # log-prob
+        output_limits(source_ids, max_extra_length, max_length),
+        source_mask,
     )
+    cache = model.init_cache(memory, decoding_loop.capacities(max_length)[0])
     kernels = model.step_kernels()
 
-    def not_done(t, tokens, finished, scores, cache):
-        return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(finished)))
-
-    def step(t, tokens, finished, scores, cache):
+    def step(t, sentences, cache):
+        tokens, finished, scores, limits, source_mask = sentences
         logits, cache = model.decode_step(tokens[:, t], t, cache, source_mask, kernels)
         best, best_log_prob = _greedy_pick(logits, t, limits)
         scores += tf.where(finished, 0.0, best_log_prob)
         tokens = _write(tokens, t + 1, tf.where(finished, PAD_ID, best))
         finished = tf.logical_or(finished, tf.equal(best, EOS_ID))
-        return t + 1, tokens, finished, scores, cache
+        return t + 1, (tokens, finished, scores, limits, source_mask), cache
 
-    _, tokens, _, scores, _ = _growing_loop(not_done, step, state, max_length)
+    tokens, _, scores, _, _ = decoding_loop.run(
+        step, lambda t, sentences: sentences[1], tf.constant(0), sentences, cache, max_length,
+        compact=compact)
     return tokens[:, 1:], scores
 
 
@@ -110,48 +110,6 @@ def greedy_decode_uncached(model, source_ids, max_length, max_extra_length=50):
                                  shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None]),
                                                    tf.TensorShape([None])))
     return tokens[:, 1:]
-
-
-def _capacities(max_length):
-    """Self-attention cache sizes of the decoding loop's two segments: `FIRST_SEGMENT`
-    slots (most sentences end within them), then `max_length`.
-
-    Each step attends over (and beam search reorders) the whole cache, so a cache 4x
-    longer than its filled part wastes most of that work: on 2 AVX2 cores (small model,
-    batch 32, beam 4) reordering a 64-slot cache took 27 % of the decoding time. Each
-    segment is one more copy of the loop body to trace and compile, so there are two:
-    three or four (16, 32, 64, ...) made the TFLite export ~1.7x slower and larger in memory.
-    """
-    static = tf.get_static_value(max_length)
-    if static is not None:
-        return sorted({min(FIRST_SEGMENT, int(static)), int(static)})
-    return [tf.minimum(FIRST_SEGMENT, max_length), max_length]
-
-
-def _growing_loop(not_done, step, state, max_length):
-    """`tf.while_loop(not_done, step, state)` in segments of growing cache size.
-
-    `state` starts with the step counter and ends with the cache (made with capacity
-    `_capacities(max_length)[0]`); between segments the self-attention keys and values
-    are padded to the next capacity. Each segment has static shapes (XLA, TFLite).
-    """
-    capacities = _capacities(max_length)
-    for number, capacity in enumerate(capacities):
-        if number:
-            state = (*state[:-1], _grow_cache(state[-1], capacity))
-        state = tf.while_loop(
-            lambda t, *rest, size=capacity: tf.logical_and(t < size, not_done(t, *rest)),
-            step, state)
-    return state
-
-
-def _grow_cache(cache, capacity):
-    """Pad each layer's self-attention keys/values (axis 2) to `capacity` slots."""
-    def grow(x):
-        return tf.pad(x, [[0, 0], [0, 0], [0, capacity - tf.shape(x)[2]], [0, 0]])
-
-    return [{**layer, "key": grow(layer["key"]), "value": grow(layer["value"])}
-            for layer in cache]
 
 
 def _greedy_pick(logits, t, limits):
@@ -249,7 +207,7 @@ def _gather_beams(tensor, indices, batch, beam_size):
 
 
 def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra_length=50,
-                return_all=False, stopping="exact"):
+                return_all=False, stopping="exact", compact=True):
     """Beam search with alive and finished hypothesis sets (as in GNMT / tensor2tensor).
 
     At each step the 2k best extensions of the k alive beams are scored; those among
@@ -263,7 +221,8 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
     step whose best extension (by log-prob) ends it, once it holds the finished
     hypotheses asked for; with `stopping="full"`, once it holds k finished hypotheses.
     Both take fewer steps, and a longer hypothesis that the length penalty would still
-    have preferred is never found.
+    have preferred is never found. `compact`: go on with a narrower batch once most
+    sentences have settled (`decoding_loop`; the same output).
 
     Returns `(ids [batch, max_length], score [batch])` of the best hypothesis, or with
     `return_all=True` all k: `([batch, k, max_length], [batch, k])`, best first.
@@ -275,27 +234,28 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
     k = beam_size
     memory, source_mask = model.encode(source_ids, training=False)
     limits = output_limits(source_ids, max_extra_length, max_length)
-    max_penalty = length_penalty(tf.cast(limits, tf.float32), alpha)  # [batch]
-
-    first = _write(tf.zeros([batch, k, max_length + 1], tf.int32), 0, tf.fill([batch, k], BOS_ID))
-    state = (
-        tf.constant(0),
-        first,
+    sentences = (
+        _write(tf.zeros([batch, k, max_length + 1], tf.int32), 0, tf.fill([batch, k], BOS_ID)),
         # Only beam 0 is live at the start, so the first step does not pick k copies.
         tf.tile(tf.constant([[0.0] + [_NEG_INF] * (k - 1)]), [batch, 1]),
-        tf.zeros([batch, k, max_length + 1], tf.int32),
-        tf.fill([batch, k], _NEG_INF),
-        model.init_cache(memory, _capacities(max_length)[0], beam_size=k),
+        tf.zeros([batch, k, max_length + 1], tf.int32),       # finished
+        tf.fill([batch, k], _NEG_INF),                         # finished_scores
+        limits,
+        length_penalty(tf.cast(limits, tf.float32), alpha),    # max_penalty [batch]
+        source_mask,
     )
+    cache = model.init_cache(memory, decoding_loop.capacities(max_length)[0], beam_size=k)
     kernels = model.step_kernels()
     needed = k if return_all else 1  # finished hypotheses that must be settled
 
-    def not_done(t, alive, alive_scores, finished, finished_scores, cache):
+    def settled(t, sentences):
+        _, alive_scores, _, finished_scores, limits, max_penalty, _ = sentences
         best_possible = alive_scores[:, 0] / max_penalty
-        settled = (finished_scores[:, needed - 1] >= best_possible) | (t >= limits)
-        return tf.logical_and(t < max_length, tf.logical_not(tf.reduce_all(settled)))
+        return (finished_scores[:, needed - 1] >= best_possible) | (t >= limits)
 
-    def step(t, alive, alive_scores, finished, finished_scores, cache):
+    def step(t, sentences, cache):
+        alive, alive_scores, finished, finished_scores, limits, max_penalty, source_mask = \
+            sentences
         logits, cache = model.decode_step(tf.reshape(alive[:, :, t], [-1]), t, cache,
                                           source_mask, kernels)
         top_scores, top_beam, top_token = _best_extensions(logits, alive_scores, t, limits, k)
@@ -310,7 +270,8 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
         alive_candidates = tf.where(is_eos, _NEG_INF, top_scores)
         alive_scores, keep = tf.math.top_k(alive_candidates, k)
         alive = tf.gather(top_seqs, keep, batch_dims=1)
-        cache = _gather_cache(cache, tf.gather(top_beam, keep, batch_dims=1), batch, k)
+        cache = _gather_cache(cache, tf.gather(top_beam, keep, batch_dims=1),
+                              tf.shape(alive)[0], k)
 
         # Finished: merge the extensions that ended (length-normalised) into the k best.
         ended_scores = tf.where(ends & real, top_scores / length_penalty(t + 1, alpha), _NEG_INF)
@@ -324,10 +285,12 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
             else:  # "full": k finished hypotheses held
                 stops = finished_scores[:, k - 1] > _NEG_INF / 2
             alive_scores = tf.where(stops[:, None], _NEG_INF, alive_scores)
-        return t + 1, alive, alive_scores, finished, finished_scores, cache
+        return t + 1, (alive, alive_scores, finished, finished_scores, limits, max_penalty,
+                       source_mask), cache
 
-    _, alive, alive_scores, finished, finished_scores, _ = _growing_loop(not_done, step, state,
-                                                                         max_length)
+    sentences = decoding_loop.run(step, settled, tf.constant(0), sentences, cache, max_length,
+                                  beam_size=k, compact=compact)
+    alive, alive_scores, finished, finished_scores, _, max_penalty, _ = sentences
     # A sentence that finished nothing (cannot happen with limits ≤ max_length, kept
     # for safety) falls back to its alive beams.
     none_finished = (finished_scores[:, 0] <= _NEG_INF / 2)[:, None]
@@ -355,12 +318,12 @@ def _pad_after_eos(ids):
     return tf.where(seen_eos > 0, PAD_ID, ids)
 
 
-def decode(model, source_ids, max_length, options=None):
+def decode(model, source_ids, max_length, options=None, compact=True):
     """Decode with `DecodingOptions` (default: greedy): greedy when `options.beam_size`
-    is 1, else beam search; `max_length` is the static output length. Returns
-    `(ids, scores)`."""
+    is 1, else beam search; `max_length` is the static output length, `compact` as in
+    `decoding_loop.run`. Returns `(ids, scores)`."""
     options = options or DecodingOptions(beam_size=1)
     if options.beam_size == 1:
-        return greedy_decode(model, source_ids, max_length, options.max_extra_length)
+        return greedy_decode(model, source_ids, max_length, options.max_extra_length, compact)
     return beam_search(model, source_ids, max_length, options.beam_size, options.alpha,
-                       options.max_extra_length, stopping=options.stopping)
+                       options.max_extra_length, stopping=options.stopping, compact=compact)

@@ -9,7 +9,7 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keras_transformer import decoding
+from keras_transformer import decoding, decoding_loop
 from keras_transformer.decoding_options import DecodingOptions
 from keras_transformer.tokenizer import BOS_ID, EOS_ID, SubwordTokenizer
 from keras_transformer.training import streaming
@@ -176,8 +176,8 @@ def test_growing_cache_segments_change_nothing(trained, monkeypatch, beam_size):
     source_ids = tf.concat([source_ids, source_ids[:, ::-1]], axis=0)  # odd inputs run long
 
     def run(first_segment):
-        monkeypatch.setattr(decoding, "FIRST_SEGMENT", first_segment)
-        assert len(decoding._capacities(40)) == (2 if first_segment < 40 else 1)
+        monkeypatch.setattr(decoding_loop, "FIRST_SEGMENT", first_segment)
+        assert len(decoding_loop.capacities(40)) == (2 if first_segment < 40 else 1)
         options = DecodingOptions(beam_size=beam_size, alpha=0.6, max_extra_length=40)
         return tf.function(lambda s: decoding.decode(model, s, 40, options),
                            jit_compile=True)(source_ids)
@@ -197,3 +197,20 @@ def test_best_hypothesis_does_not_wait_for_all_beams(trained):
     best_ids, best_scores = decoding.beam_search(model, source_ids, 40, 4, 0.6)
     np.testing.assert_array_equal(best_ids, all_ids[:, 0])
     np.testing.assert_allclose(best_scores, all_scores[:, 0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_batch_compaction_changes_nothing(trained, beam_size):
+    """A batch whose sentences have mostly settled goes on narrower (decoding_loop);
+    tokens and scores must be those of the full-width loop."""
+    model, source_ids = trained
+    source_ids = tf.concat([source_ids, source_ids[:, ::-1]], axis=0)  # 24 sentences
+    options = DecodingOptions(beam_size=beam_size, alpha=0.6, max_extra_length=40)
+
+    def run(compact):
+        return tf.function(lambda s: decoding.decode(model, s, 40, options, compact=compact),
+                           jit_compile=True)(source_ids)
+
+    (ids, scores), (full_ids, full_scores) = run(True), run(False)
+    np.testing.assert_array_equal(ids, full_ids)
+    np.testing.assert_allclose(scores, full_scores, atol=1e-4)
