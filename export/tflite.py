@@ -83,8 +83,8 @@ class EdgeTranslator(tf.Module):
 
     def _decode(self, source_ids, beam_size):
         with self._weights.scope():
-            # No batch compaction: its scatter has no TFLite builtin, and the text
-            # signatures decode one sentence.
+            # No batch compaction (decoding_loop): the text signatures decode one
+            # sentence, and the compacting loop is not measured under LiteRT.
             return decoding.decode(self._model, source_ids, self.max_output_length,
                                    self.options.replace(beam_size=beam_size), compact=False)
 

@@ -10,10 +10,11 @@ from being paid for again:
 - Cache segments (`capacities`): the first loop holds `FIRST_SEGMENT` self-attention
   slots, the next one the full `max_length`; each step attends over and reorders the
   whole cache, so a cache longer than its filled part wastes that work.
-- Batch compaction (`compact=True`): once at most a quarter of the batch's sentences are
-  still unsettled, they are gathered into a batch a quarter the size and the first
-  segment goes on with it; the others are settled and stepping them changes nothing in
-  their result. The compact state is scattered back before the next segment.
+- Batch compaction (`compact=True`): a sentence is settled once its result can no
+  longer change, yet a static batch steps every sentence until the last one settles.
+  So the batch goes at full width only until at most a quarter of its sentences are
+  unsettled; those then go on alone, as a batch a quarter the size, and are put back.
+  Settled sentences are no longer stepped; their results are the same.
 """
 
 import tensorflow as tf
@@ -21,14 +22,17 @@ import tensorflow as tf
 # Cache slots of the first loop segment; Multi30k translations are ~15 subword tokens long
 # on average, and few exceed 32.
 FIRST_SEGMENT = 32
-# A batch compacts to 1/COMPACTION of its width. On the Multi30k test set (main-job model,
-# batches of 32, beam 4) sentences settle after 16 steps at the median and 44 at most, so
-# a static batch steps 27,040 sentences where 16,765 are unsettled; compacting to 8 lets
-# a replay of the steps with measured step times take 4.7 instead of 6.0 s (halving down to
-# 1: 4.3 s, but every width is one more loop body to compile).
+# The narrow batch is 1/COMPACTION of the batch. On the Multi30k test set (main-job model,
+# batches of 32, beam 4, stopping "full") sentences settle after 16 steps at the median and
+# 44 at most: a static batch steps 27,040 sentences where 16,765 are unsettled. Compacted,
+# the test set decodes in 5.8 instead of 7.9 s in process, the same 1,000 translations; the
+# narrow loop is one more body to compile (first pass 29.6 -> 38.6 s, before
+# `translate_lines` padded the last batch). Replaying the steps with measured step times
+# put halving down to width 1 only ~10 % further, for one more loop body per width; in a
+# trial, nested compaction (32 -> 8 -> 2) decoded no faster than one level.
 COMPACTION = 4
-# Batches narrower than this are not compacted (their steps cost little more than a
-# quarter-width batch's, and the extra loop body would cost a compile).
+# Batches narrower than this (batch 1 above all) keep the plain loop: their groups would
+# be one or two sentences, and the gain is measured at 32.
 MIN_COMPACT_WIDTH = 8
 
 
@@ -72,28 +76,16 @@ def run(step, settled, t, sentences, cache, max_length, beam_size=1, compact=Tru
     def count(live):
         return tf.reduce_sum(tf.cast(live, tf.int32))
 
-    # Full width until at most `width` sentences are unsettled, or the first segment ends.
-    t, sentences, cache = _segments(step, settled, (t, sentences, cache), sizes[:1],
+    # Full width (through both cache segments) until at most `width` sentences are
+    # unsettled; then those alone, as one narrow batch with the full-size cache.
+    t, sentences, cache = _segments(step, settled, (t, sentences, cache), sizes,
                                     more=lambda live: count(live) > width)
     live = tf.logical_not(settled(t, sentences))
-    order = tf.math.top_k(tf.cast(live, tf.int32), batch).indices  # unsettled first
-    groups = (count(live) + width - 1) // width
-    cache = grow_cache(cache, sizes[-1])
-
-    # Then the unsettled sentences `width` at a time, each group from step t to its end
-    # with a full-size cache: one more loop body to compile, as before compaction.
-    def group(number, sentences, cache):
-        picked = tf.slice(order, [number * width], [width])
-        narrow = (t, _take(sentences, picked), _take_cache(cache, picked, beam_size))
-        _, narrow_sentences, narrow_cache = _segments(step, settled, narrow, sizes[-1:])
-        back = _put_back(picked, batch)
-        sentences = tuple(back(full, part) for full, part in zip(sentences, narrow_sentences))
-        cache = [{name: back(x, part[name], beam_size if name in ("key", "value") else 1)
-                  for name, x in layer.items()} for layer, part in zip(cache, narrow_cache)]
-        return number + 1, sentences, cache
-
-    return tf.while_loop(lambda number, *_: number < groups, group,
-                         (tf.constant(0), sentences, cache))[1]
+    picked = tf.math.top_k(tf.cast(live, tf.int32), width).indices  # unsettled first
+    narrow = (t, _take(sentences, picked), _take_cache(cache, picked, beam_size))
+    _, narrow_sentences, narrow_cache = _segments(step, settled, narrow, sizes[-1:])
+    back = _put_back(picked, batch)
+    return tuple(back(full, part) for full, part in zip(sentences, narrow_sentences))
 
 
 def _segments(step, settled, state, sizes, more=None):
@@ -116,8 +108,8 @@ def _segments(step, settled, state, sizes, more=None):
 
 def _put_back(picked, batch):
     """`back(full, part, rows_per_sentence=1)`: `full` with the rows of the `picked`
-    sentences replaced by `part`'s, as a gather and a select (XLA's CPU scatter loops
-    over the elements one by one)."""
+    sentences replaced by `part`'s (a gather and a select; `picked` holds distinct
+    sentences)."""
     is_picked = tf.equal(tf.range(batch)[:, None], picked[None, :])            # [batch, width]
     found = tf.reduce_any(is_picked, axis=1)                                    # [batch]
     where = tf.argmax(tf.cast(is_picked, tf.int32), axis=1, output_type=tf.int32)

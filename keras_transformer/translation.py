@@ -97,14 +97,21 @@ def translate_lines(translate, lines, batch_size=64, verbose=1):
     """Translate a list of strings with `translate(list_of_str) -> array of bytes`.
 
     Sentences are sorted by length so each batch pads little; a Keras progress bar
-    counts sentences. Output order matches input order.
+    counts sentences. Output order matches input order. A short last batch is padded
+    with empty sentences to `batch_size`, so it reuses the full batches' compiled
+    shape instead of compiling its own (an empty sentence settles at the first step,
+    and batch compaction drops it; on the Multi30k test set, 31 batches of 32 and one
+    of 8, that is one XLA compile in three fewer).
     """
     order = np.argsort([len(line) for line in lines], kind="stable")
     outputs = [None] * len(lines)
     progress = keras.utils.Progbar(len(lines), unit_name="sentence", verbose=verbose)
     for start in range(0, len(lines), batch_size):
         chunk = order[start:start + batch_size]
-        for index, text in zip(chunk, translate([lines[i] for i in chunk])):
+        batch = [lines[i] for i in chunk]
+        if start:
+            batch += [""] * (batch_size - len(batch))
+        for index, text in zip(chunk, translate(batch)):
             outputs[index] = text.decode("utf-8") if isinstance(text, bytes) else str(text)
         progress.add(len(chunk))
     return outputs

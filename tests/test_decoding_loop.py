@@ -71,3 +71,4 @@ def test_narrow_batches_are_not_compacted():
     settle_at = [1, 2, 3, 9]
     value, work = _run(settle_at, 16, True, True)
     assert np.all(work == 9)
+

@@ -17,7 +17,7 @@ from keras_transformer.decoding_options import DecodingOptions
 from keras_transformer.errors import UsageError
 from keras_transformer.export.saved_model import saved_model_translator
 from keras_transformer.training import load_config
-from keras_transformer.translation import TextTranslator
+from keras_transformer.translation import TextTranslator, translate_lines
 from keras_transformer.translator import Translator, Vocabulary, load_translator
 
 SENTENCES = ["A man in a blue shirt is standing on a ladder.", "Two dogs play in the snow.",
@@ -138,3 +138,20 @@ def test_command_line_takes_the_keras_file(tiny_run, run_translator, tmp_path, c
     exported = saved_model_translator(str(out))
     assert exported.beam_size == run_translator.options.beam_size
     assert [t.decode() for t in exported(SENTENCES)] == run_translator.translate(SENTENCES)
+
+
+def test_translate_lines_pads_only_a_short_last_batch():
+    """The last batch reuses the full batches' shape (one compile fewer); a single short
+    call is not padded; outputs keep the input order."""
+    sizes = []
+
+    def translate(batch):
+        sizes.append(len(batch))
+        return [text.upper().encode() for text in batch]
+
+    lines = [f"line {'x' * (i % 5)} {i}" for i in range(10)]
+    assert translate_lines(translate, lines, 4, verbose=0) == [line.upper() for line in lines]
+    assert sizes == [4, 4, 4]
+    sizes.clear()
+    assert translate_lines(translate, lines[:3], 4, verbose=0) == [x.upper() for x in lines[:3]]
+    assert sizes == [3]
