@@ -4,8 +4,8 @@ Both decoders hand `run` a step function over named state: the step counter `t`,
 tuple of per-sentence tensors (first axis = sentence) and the decoder cache (its
 self-attention keys/values have a row per hypothesis, sentence · beam_size + beam; its
 cross-attention keys/values a row per sentence). Every loop has static shapes, so XLA
-compiles it whole and TFLite converts it to builtins. Two things keep finished work
-from being paid for again:
+compiles it whole and TFLite converts it to builtins. Two things keep it from paying for
+work that changes nothing:
 
 - Cache segments (`capacities`): the first loop holds `FIRST_SEGMENT` self-attention
   slots, the next one the full `max_length`; each step attends over and reorders the
@@ -64,6 +64,19 @@ def run(step, settled, t, sentences, cache, max_length, beam_size=1, compact=Tru
         compact: compact the batch (see the module docstring).
 
     Returns the final `sentences`.
+
+    Example (eager): eight sentences that settle at known steps, a step that counts how
+    often each one is stepped; the two that run long go on alone after step 3.
+    >>> settle_at = tf.constant([1, 5, 2, 9, 1, 1, 3, 2])
+    >>> def step(t, sentences, cache):
+    ...     work, settle_at = sentences
+    ...     return t + 1, (work + 1, settle_at), cache
+    >>> cache = [{"key": tf.zeros([8, 1, 16, 1]), "value": tf.zeros([8, 1, 16, 1]),
+    ...           "cross_key": tf.zeros([8, 1, 1, 1])}]
+    >>> work, _ = run(step, lambda t, sentences: t >= sentences[1], tf.constant(0),
+    ...               (tf.zeros([8], tf.int32), settle_at), cache, max_length=16)
+    >>> work.numpy()  # a static batch would step all eight 9 times
+    array([3, 9, 3, 9, 3, 3, 3, 3], dtype=int32)
     """
     sizes = capacities(max_length)
     batch = sentences[0].shape[0]
