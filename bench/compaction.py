@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from vs_ctranslate2 import cpu_info, write_results  # noqa: E402
 
-from keras_transformer import decoding, decoding_loop  # noqa: E402
+from keras_transformer import decoding_loop  # noqa: E402
 from keras_transformer.training import corpus  # noqa: E402
 from keras_transformer.training.evaluate import load_run  # noqa: E402
 from keras_transformer.translation import TextTranslator, translate_lines  # noqa: E402
@@ -71,16 +71,7 @@ def sentence_steps(steps, sources):
 
 
 def translate_function(model, tokenizer, options, compact):
-    translator = TextTranslator(model, tokenizer, options)
-
-    def build(decoding_options):  # TextTranslator's decoder, with `compact` chosen
-        def run(source_ids):
-            max_length = tf.shape(source_ids)[1] + decoding_options.max_extra_length
-            return decoding.decode(model, source_ids, max_length, decoding_options,
-                                   compact=compact)
-        return tf.function(run, jit_compile=True, reduce_retracing=True)
-
-    translator._build_decoder = build
+    translator = TextTranslator(model, tokenizer, options, compact=compact)
     return lambda batch: translator.translate(batch).numpy()
 
 

@@ -107,8 +107,10 @@ def litert_translator(path, beam_size=None, num_threads=None):
     def translate(sentences):
         if not hasattr(local, "runner"):
             local.runner = load_interpreter(path, num_threads).get_signature_runner(signature)
-        return [local.runner(sentence=np.array([s], dtype=object))["translation"][0]
-                for s in sentences]
+        # An empty sentence translates to an empty one without a model call (so the
+        # empty sentences `translate_lines` pads a last batch with cost nothing here).
+        return [local.runner(sentence=np.array([s], dtype=object))["translation"][0] if s
+                else b"" for s in sentences]
 
     translate.beam_size = beam
     return translate

@@ -27,6 +27,7 @@ class TextTranslator:
 
     `options` (`DecodingOptions`) gives the default beam and α and the output length
     rule (source length + `max_extra_length`); beam and α can change per call.
+    `compact=False` decodes without batch compaction (`decoding_loop`; the same output).
 
     Example:
     >>> translator = TextTranslator(model, tokenizer)       # doctest: +SKIP
@@ -35,13 +36,14 @@ class TextTranslator:
     """
 
     def __init__(self, model, tokenizer, options=None, max_source_length=256,
-                 length_bucket=16, jit_compile=True):
+                 length_bucket=16, jit_compile=True, compact=True):
         self.model = model
         self.tokenizer = tokenizer
         self.options = options or DecodingOptions()
         self.max_source_length = max_source_length
         self.length_bucket = length_bucket
         self.jit_compile = jit_compile
+        self.compact = compact
         self._compiled = {}
         # Threads share one compiled decoder per options; the lock keeps two threads
         # from building (and XLA-compiling) the same one at once.
@@ -82,7 +84,7 @@ class TextTranslator:
     def _build_decoder(self, options):
         def run(source_ids):
             max_length = tf.shape(source_ids)[1] + options.max_extra_length
-            return decoding.decode(self.model, source_ids, max_length, options)
+            return decoding.decode(self.model, source_ids, max_length, options, self.compact)
 
         return tf.function(run, jit_compile=self.jit_compile, reduce_retracing=True)
 

@@ -5,13 +5,14 @@ odd batch sizes. Each answer is one string per input, within the truncation rule
 import os
 
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from keras_transformer.decoding_options import DecodingOptions
-from keras_transformer.export.litert import litert_translator
+from keras_transformer.export.litert import litert_translator, load_interpreter
 from keras_transformer.export.saved_model import export_saved_model
 from keras_transformer.tokenizer import SubwordTokenizer
 
@@ -78,3 +79,12 @@ def test_saved_model_answers_every_input(saved_model, parts, batch):
 @example(sentence="")
 def test_tflite_answers_every_valid_utf8_input(tflite, parts, sentence):
     _check(tflite([sentence]), [sentence], parts[1])
+
+
+def test_tflite_signatures_answer_an_empty_sentence(tiny_run):
+    """`litert_translator` answers "" without calling the model; the signatures themselves
+    must still take it (a zero-length source once made XNNPack fail to reshape)."""
+    interpreter = load_interpreter(os.path.join(tiny_run, "model.int8.tflite"))
+    for name in ("greedy", "translate"):
+        out = interpreter.get_signature_runner(name)(sentence=np.array([""], dtype=object))
+        assert bytes(out["translation"][0]) == b""
