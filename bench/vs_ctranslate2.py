@@ -28,11 +28,13 @@ with --run (most of it the CT2 sweep and our beam-4 passes).
    1,000 test_2016_flickr sentences, en->de, strings to strings, beam 4, batches of 32
    sorted by length. Ours (a) `keras-transformer translate --model RUN/saved_model --file
    SRC` as a subprocess, wall time with process start, loading and XLA compiles; (b) in
-   process, steady state: one untimed pass (compiles every bucket), then a timed one; (c)
+   process, steady state: one untimed pass (compiles every bucket), then a timed one, with
+   `translate_lines`' default of 2 batches at once and with one at a time; (c)
    the Keras model in process with `stopping="first"` (a sentence stops at the first step
    whose best extension ends it; CT2 does so only without length penalty) and
    `stopping="full"` (once it holds beam_size finished hypotheses: CT2's rule with a length
-   penalty), steady state as (b). CT2 float32 and int8 in each of their settings (the table
+   penalty), steady state as (b). CT2 float32 and int8 in each of their settings, here also
+   two replicas of one thread decoding two batches at once (`FILE_SETTINGS`; the table
    shows the fastest, the JSON all), a fresh process each: `ct2_translate_file`, an untimed
    pass, then a timed one; model loading is reported apart. Target tokens: SentencePiece
    pieces of the hypotheses. BLEU: cased sacreBLEU as in `keras-transformer evaluate`.
@@ -111,7 +113,11 @@ def threads_label(threads):
 
 
 def setting_label(row):
-    return f"{threads_label(row['intra_threads'])}, OMP {row['omp_wait_policy']}"
+    replicas = row.get("inter_threads", 1)
+    threads = threads_label(row["intra_threads"])
+    if replicas > 1:
+        threads = f"{replicas} replicas x {threads}"
+    return f"{threads}, OMP {row['omp_wait_policy']}"
 
 
 # ----------------------------------------------------------------------------- synthetic

@@ -29,6 +29,7 @@ def _e2e(job):
         lines = [line.rstrip("\n") for line in f]
     kwargs = dict(compute_type=job["compute_type"], intra_threads=job["intra_threads"])
     if job["kind"] == "file":
+        kwargs.update(inter_threads=job["inter_threads"])
         passes = []
         for _ in range(2):  # untimed first pass, like ours
             start = time.perf_counter()
@@ -63,7 +64,8 @@ def _e2e(job):
 
 def e2e_job(setting, **job):
     """`_e2e` in a fresh process with the setting's threads and OMP_WAIT_POLICY."""
-    job.update(compute_type=setting["compute_type"], intra_threads=setting["intra_threads"])
+    job.update(compute_type=setting["compute_type"], intra_threads=setting["intra_threads"],
+               inter_threads=setting.get("inter_threads", 1))
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if setting["omp_wait_policy"] != "default":
         env["OMP_WAIT_POLICY"] = setting["omp_wait_policy"]
@@ -76,12 +78,14 @@ def e2e_job(setting, **job):
 
 def ct2_fastest(compute_type, measure, **job):
     """`(setting, output, {setting label: measure})`: `e2e_job` in every CTranslate2 setting
-    of `compute_type` (threads x OMP_WAIT_POLICY), the one with the smallest `measure`
-    first. Swept on real text itself: the best setting of the synthetic cells is not its
-    best here (float32, batch 32, beam 4: in one run 2 threads won that cell by a hair,
-    1,155 against 1,157 ms, and took 9.4 s on the test set, where 1 thread takes 3.2 s)."""
+    of `compute_type` (threads x OMP_WAIT_POLICY; for a file also two replicas), the one
+    with the smallest `measure` first. Swept on real text itself: the best setting of the
+    synthetic cells is not its best here (float32, batch 32, beam 4: in one run 2 threads
+    won that cell by a hair, 1,155 against 1,157 ms, and took 9.4 s on the test set, where
+    1 thread takes 3.2 s)."""
     outs = {}
-    for setting in (s for s in ct2.SETTINGS if s["compute_type"] == compute_type):
+    settings = ct2.FILE_SETTINGS if job["kind"] == "file" else ct2.SETTINGS
+    for setting in (s for s in settings if s["compute_type"] == compute_type):
         setting = dict(setting, omp_wait_policy=setting["omp_wait_policy"] or "default")
         outs[setting_label(setting)] = (setting, e2e_job(setting, **job))
     label = min(outs, key=lambda name: outs[name][1][measure])
@@ -100,16 +104,19 @@ def stale_exports(run_dir):
     return [p for p in exports if os.path.exists(p) and os.path.getmtime(p) < code]
 
 
-def steady_state(translate, sources):
+def steady_state(translate, sources, workers=None):
     """`(hypotheses, seconds, first_pass_seconds)` of `translate` over `sources` in
-    batches of 32: a first pass (it compiles every bucket), then the timed one."""
-    from keras_transformer.translation import translate_lines
+    batches of 32, `workers` at once (default `translation.WORKERS`): a first pass (it
+    compiles every bucket), then the timed one."""
+    from keras_transformer.translation import WORKERS, translate_lines
+
+    workers = workers or WORKERS
 
     start = time.perf_counter()
-    translate_lines(translate, sources, 32, verbose=0)
+    translate_lines(translate, sources, 32, verbose=0, workers=workers)
     first = time.perf_counter() - start
     start = time.perf_counter()
-    hypotheses = translate_lines(translate, sources, 32, verbose=0)
+    hypotheses = translate_lines(translate, sources, 32, verbose=0, workers=workers)
     return hypotheses, time.perf_counter() - start, round(first, 2)
 
 
@@ -137,6 +144,9 @@ def ours_end_to_end(run_dir, source_file, sources):
     hypotheses, seconds, first = steady_state(translate, sources)
     rows["ours, SavedModel in process (steady state)"] = (
         hypotheses, seconds, dict(load_seconds=round(load, 2), first_pass_seconds=first))
+    hypotheses, seconds, first = steady_state(translate, sources, workers=1)
+    rows["ours, SavedModel in process, one batch at a time (steady state)"] = (
+        hypotheses, seconds, dict(first_pass_seconds=first))
     return rows
 
 

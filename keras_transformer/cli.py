@@ -160,12 +160,16 @@ def _read_sentences(args):
 
 def _translate(args):
     # Serving only: no training code, no sacreBLEU.
-    from keras_transformer.translation import translate_lines
+    from keras_transformer.errors import UsageError
+    from keras_transformer.translation import WORKERS, translate_lines
 
+    workers = WORKERS if args.workers is None else args.workers
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
     translate, _ = _exported_translator(args.model, args.beam)
     sentences = _read_sentences(args)
     verbose = 1 if len(sentences) > args.batch_size and sys.stderr.isatty() else 0
-    for line in translate_lines(translate, sentences, args.batch_size, verbose):
+    for line in translate_lines(translate, sentences, args.batch_size, verbose, workers):
         print(line)
 
 
@@ -307,6 +311,9 @@ def build_parser():
                                 "with (another beam is an error)")
     translate.add_argument("--file", help="read sentences from this file (default: stdin)")
     translate.add_argument("--batch-size", type=int, default=32)
+    translate.add_argument("--workers", type=int,
+                           help="batches translated at once (default: "
+                                "keras_transformer.translation.WORKERS, 2)")
     translate.add_argument("sentences", nargs="*", help="sentences to translate")
     translate.set_defaults(func=_translate)
 

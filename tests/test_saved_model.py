@@ -152,23 +152,31 @@ def test_cli_translates_arguments_and_files(exported, tmp_path, capsys):
     source.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
     assert cli.main(["translate", "--model", path, "--beam", "1", "--file", str(source)]) == 0
     assert capsys.readouterr().out.splitlines() == expected
+    assert cli.main(["translate", "--model", path, "--workers", "0", "x"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "keras-transformer: error: --workers must be at least 1, got 0")
 
 
-def test_cli_translate_imports_no_training_code_nor_sacrebleu(exported):
-    """Serving a SavedModel from the command line needs the model, not the training stack."""
+def test_cli_translate_imports_no_training_code_nor_sacrebleu(exported, tmp_path):
+    """Serving a SavedModel from the command line needs the model, not the training stack
+    (here with a file of one-sentence batches, two translated at once)."""
     path, translator = exported
-    expected = translator.greedy(tf.constant(SENTENCES[:1]))["translations"].numpy()[0]
+    expected = [t.decode() for t in translator.greedy(tf.constant(SENTENCES))[
+        "translations"].numpy()]
+    source = tmp_path / "sentences.txt"
+    source.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
     script = (
         "import sys\n"
         "from keras_transformer import cli\n"
-        f"assert cli.main(['translate', '--model', {path!r}, '--beam', '1', {SENTENCES[0]!r}]) == 0\n"
+        f"assert cli.main(['translate', '--model', {path!r}, '--beam', '1', '--file', "
+        f"{str(source)!r}, '--batch-size', '1', '--workers', '2']) == 0\n"
         "loaded = [m for m in sys.modules if m == 'sacrebleu' or m.startswith('sacrebleu.')\n"
         "          or m.startswith('keras_transformer.training')]\n"
         "assert not loaded, loaded\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.splitlines() == [expected.decode()]
+    assert result.stdout.splitlines() == expected
 
 
 def test_export_leaves_no_temporary_files(tiny_run, tmp_path):

@@ -155,3 +155,27 @@ def test_translate_lines_pads_only_a_short_last_batch():
     sizes.clear()
     assert translate_lines(translate, lines[:3], 4, verbose=0) == [x.upper() for x in lines[:3]]
     assert sizes == [3]
+
+
+def test_translate_lines_runs_batches_at_once_and_keeps_the_order():
+    """With 2 workers two batches are in `translate` at the same time (the first waits
+    until the second has started), and a batch that finishes early does not reorder the
+    output."""
+    import threading
+    import time
+
+    started = threading.Barrier(2, timeout=30)  # broken (an error) unless two calls overlap
+    calls = []
+
+    def translate(batch):
+        calls.append(batch)
+        if len(calls) <= 2:
+            started.wait()
+        time.sleep(0.05 if len(calls) == 1 else 0)
+        return [text[::-1].encode() for text in batch]
+
+    lines = [f"{'y' * (i % 7)} sentence {i}" for i in range(9)]
+    assert translate_lines(translate, lines, 2, verbose=0, workers=2) == \
+        [line[::-1] for line in lines]
+    with pytest.raises(ValueError, match="workers must be at least 1, got 0"):
+        translate_lines(translate, lines, 2, verbose=0, workers=0)
