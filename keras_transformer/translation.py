@@ -135,8 +135,12 @@ def translate_lines(translate, lines, batch_size=64, verbose=1, workers=WORKERS)
     progress = keras.utils.Progbar(len(lines), unit_name="sentence", verbose=verbose)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         results = map(run, chunks) if workers == 1 else pool.map(run, chunks)
-        for chunk, texts in zip(chunks, results):
-            for index, text in zip(chunk, texts):
-                outputs[index] = text.decode("utf-8") if isinstance(text, bytes) else str(text)
-            progress.add(len(chunk))
+        try:
+            for chunk, texts in zip(chunks, results):
+                for index, text in zip(chunk, texts):
+                    outputs[index] = text.decode("utf-8") if isinstance(text, bytes) else str(text)
+                progress.add(len(chunk))
+        except BaseException:  # an error or Ctrl-C: do not decode the batches still queued
+            pool.shutdown(cancel_futures=True)
+            raise
     return outputs

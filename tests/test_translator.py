@@ -159,19 +159,21 @@ def test_translate_lines_pads_only_a_short_last_batch():
 
 def test_translate_lines_runs_batches_at_once_and_keeps_the_order():
     """With 2 workers two batches are in `translate` at the same time (the first waits
-    until the second has started), and a batch that finishes early does not reorder the
-    output."""
+    until the second has started), and the first batch finishing last does not reorder
+    the output."""
+    import itertools
     import threading
     import time
 
     started = threading.Barrier(2, timeout=30)  # broken (an error) unless two calls overlap
-    calls = []
+    counter = itertools.count()
 
     def translate(batch):
-        calls.append(batch)
-        if len(calls) <= 2:
+        call = next(counter)
+        if call < 2:
             started.wait()
-        time.sleep(0.05 if len(calls) == 1 else 0)
+        if call == 0:
+            time.sleep(0.05)
         return [text[::-1].encode() for text in batch]
 
     lines = [f"{'y' * (i % 7)} sentence {i}" for i in range(9)]
@@ -179,3 +181,21 @@ def test_translate_lines_runs_batches_at_once_and_keeps_the_order():
         [line[::-1] for line in lines]
     with pytest.raises(ValueError, match="workers must be at least 1, got 0"):
         translate_lines(translate, lines, 2, verbose=0, workers=0)
+
+
+def test_translate_lines_stops_queued_batches_after_an_error():
+    """A failing batch raises at once; the batches still queued are not decoded."""
+    import itertools
+    import time
+
+    counter = itertools.count()
+
+    def translate(batch):
+        if next(counter) == 0:
+            raise RuntimeError("bad batch")
+        time.sleep(0.02)
+        return [text.encode() for text in batch]
+
+    with pytest.raises(RuntimeError, match="bad batch"):
+        translate_lines(translate, [f"s {i}" for i in range(100)], 2, verbose=0, workers=2)
+    assert next(counter) < 20  # 50 batches without the cancel
