@@ -113,7 +113,8 @@ def translate_lines(translate, lines, batch_size=64, verbose=1, workers=WORKERS)
     shape instead of compiling its own (an empty sentence settles at the first step,
     and batch compaction drops it; on the Multi30k test set, 31 batches of 32 and one
     of 8, that is one XLA compile in three fewer). `workers` batches are translated at
-    once, from threads (`translate` must be thread-safe; see `WORKERS`).
+    once, from threads (`translate` must be thread-safe; see `WORKERS`); a batch that
+    raises stops the file, the batches still queued are cancelled (`Executor.map`).
 
     Example:
     >>> translate_lines(lambda batch: [s.upper().encode() for s in batch],
@@ -135,12 +136,8 @@ def translate_lines(translate, lines, batch_size=64, verbose=1, workers=WORKERS)
     progress = keras.utils.Progbar(len(lines), unit_name="sentence", verbose=verbose)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         results = map(run, chunks) if workers == 1 else pool.map(run, chunks)
-        try:
-            for chunk, texts in zip(chunks, results):
-                for index, text in zip(chunk, texts):
-                    outputs[index] = text.decode("utf-8") if isinstance(text, bytes) else str(text)
-                progress.add(len(chunk))
-        except BaseException:  # an error or Ctrl-C: do not decode the batches still queued
-            pool.shutdown(cancel_futures=True)
-            raise
+        for chunk, texts in zip(chunks, results):
+            for index, text in zip(chunk, texts):
+                outputs[index] = text.decode("utf-8") if isinstance(text, bytes) else str(text)
+            progress.add(len(chunk))
     return outputs
