@@ -6,11 +6,13 @@ op. This times the parts instead, each alone in its own compiled `tf.while_loop`
 self-attention cache of `--capacity` slots), and the whole `beam_search` beside them:
 
     decode_step       embedding, the decoder layers and the output projection
-    decoder_layers    the decoder layers alone (self-attention over the cache,
-                      cross-attention, feed-forward, layer norms)
+    decoder_layers    the decoder layers alone (self-attention over the cache of all
+                      of a sentence's beams, cross-attention, feed-forward, layer norms)
     logits_matmul     the output projection alone ([rows, d] x [d, vocab])
     best_extensions   log-normaliser and the two top-ks over the logits
-    gather_cache      reordering the self-attention cache by the chosen beams
+    ancestry          which beam's cache entries hold each hypothesis' history: the
+                      table reordered by the chosen beams and turned into the
+                      attention mask (the cache itself is never reordered)
     beam_search       the real decoder, `--steps` new tokens (eos can never win: its
                       embedding row is zero), per step
 
@@ -35,6 +37,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import keras_transformer as kt  # noqa: E402
 from keras_transformer import decoding, decoding_loop  # noqa: E402
+from keras_transformer.layers.attention import visible_entries  # noqa: E402
 from keras_transformer.tokenizer import EOS_ID  # noqa: E402
 from keras_transformer.training.precision import cpu_flags  # noqa: E402
 
@@ -66,12 +69,15 @@ def variants(model, batch, capacity, steps):
         memory, mask = model.encode(source, training=False)
         return model.init_cache(memory, capacity, beam_size=BEAM), mask
 
+    # Beam j continues beam (j + 1) % BEAM's history at every slot: a mask as busy as any.
+    ancestry = tf.tile(((tf.range(BEAM) + 1) % BEAM)[None, :, None], [batch, 1, capacity])
+
     def decode_step(source):
         cache, mask = setup(source)
 
         def body(t, cache, total):
             ids = tf.fill([rows], 4 + t)
-            logits, cache = model.decode_step(ids, t % capacity, cache, mask, kernels)
+            logits, cache = model.decode_step(ids, t % capacity, cache, mask, kernels, ancestry)
             return t + 1, cache, total + logits[0, 0]
         return _loop(steps, body, (cache, 0.0))[-1]
 
@@ -80,7 +86,8 @@ def variants(model, batch, capacity, steps):
         x = tf.random.stateless_normal([rows, 1, SHAPE["d_model"]], (1, 2))
 
         def body(t, cache, x):
-            y, cache, _ = model.decoder.step(x, cache, t % capacity, mask, kernels["decoder"])
+            y, cache, _ = model.decoder.step(x, cache, t % capacity, mask, kernels["decoder"],
+                                             visible_entries(ancestry, t % capacity))
             return t + 1, cache, y
         return _loop(steps, body, (cache, x))[-1]
 
@@ -102,24 +109,21 @@ def variants(model, batch, capacity, steps):
             return t + 1, top[:, :BEAM]
         return _loop(steps, body, (tf.zeros([batch, BEAM]),))[-1]
 
-    def gather_cache(source):
-        cache, _ = setup(source)
-
-        def body(t, cache):
-            order = (tf.range(batch * BEAM) + t) % BEAM
-            return t + 1, decoding._gather_cache(cache, tf.reshape(order, [batch, BEAM]),
-                                                 batch, BEAM)
-        cache = _loop(steps, body, (cache,))[-1]
-        # Read every layer's keys and values: an unread one would be compiled away.
-        return tf.add_n([tf.reduce_sum(layer[name]) for layer in cache
-                         for name in ("key", "value")])
+    def ancestry_mask(source):
+        def body(t, table, total):
+            table = decoding._write(table, t % capacity, tf.range(BEAM)[None, :])
+            visible = visible_entries(table, t % capacity)
+            order = tf.reshape((tf.range(batch * BEAM) + t) % BEAM, [batch, BEAM])
+            table = tf.gather(table, order, batch_dims=1)
+            return t + 1, table, total + tf.reduce_sum(tf.cast(visible, tf.int32))
+        return _loop(steps, body, (ancestry, 0))[-1]
 
     def beam_search(source):
         return decoding.beam_search(model, source, steps, BEAM, 0.6, steps - SOURCE_LENGTH)[0]
 
     parts = dict(decode_step=decode_step, decoder_layers=decoder_layers,
                  logits_matmul=logits_matmul, best_extensions=best_extensions,
-                 gather_cache=gather_cache)
+                 ancestry=ancestry_mask)
     if capacity == min(steps, decoding_loop.FIRST_SEGMENT):  # beam_search's own first segment
         parts["beam_search"] = beam_search
     return {name: tf.function(fn, jit_compile=True) for name, fn in parts.items()}

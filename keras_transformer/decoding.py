@@ -190,22 +190,6 @@ def _log_normaliser(logits, block_max=None):
     return row_max + tf.math.log(tf.reduce_sum(tf.exp(logits - row_max), axis=-1, keepdims=True))
 
 
-def _gather_beams(tensor, indices, batch, beam_size):
-    """Rows `[batch, beam_size]` of `tensor` `[batch * beam_size, ...]` (`indices` picks,
-    per sentence, which of its beams each new beam continues), as `[batch * beam_size, ...]`.
-
-    One gather over the rows by flat index (sentence · beam_size + beam), not a gather with
-    batch_dims between reshapes: in TFLite each reshape of the self-attention cache is a
-    copy, 12 % of the int8 decoder's time at batch 32, beam 4 (`bench/litert_profile.py
-    --callers`); under XLA both forms are one gather.
-    """
-    rows = tf.reshape(indices + tf.range(batch)[:, None] * beam_size, [-1])  # [batch·beam_size]
-    out = tf.gather(tensor, rows)
-    if not tf.executing_eagerly():
-        out.set_shape(tensor.shape)  # static shape for the loop; no op (TFLite has none)
-    return out
-
-
 def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra_length=50,
                 return_all=False, stopping="exact", compact=True):
     """Beam search with alive and finished hypothesis sets (as in GNMT / tensor2tensor).
@@ -243,21 +227,26 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
         limits,
         length_penalty(tf.cast(limits, tf.float32), alpha),    # max_penalty [batch]
         source_mask,
+        tf.zeros([batch, k, max_length + 1], tf.int32),       # ancestry (see step)
     )
     cache = model.init_cache(memory, decoding_loop.capacities(max_length)[0], beam_size=k)
     kernels = model.step_kernels()
     needed = k if return_all else 1  # finished hypotheses that must be settled
 
     def settled(t, sentences):
-        _, alive_scores, _, finished_scores, limits, max_penalty, _ = sentences
+        _, alive_scores, _, finished_scores, limits, max_penalty, _, _ = sentences
         best_possible = alive_scores[:, 0] / max_penalty
         return (finished_scores[:, needed - 1] >= best_possible) | (t >= limits)
 
     def step(t, sentences, cache):
-        alive, alive_scores, finished, finished_scores, limits, max_penalty, source_mask = \
-            sentences
+        alive, alive_scores, finished, finished_scores, limits, max_penalty, source_mask, \
+            ancestry = sentences
+        # The cache is never reordered: `ancestry` says, per hypothesis and slot, which
+        # beam's cache entries hold its history. This step's keys and values go to each
+        # hypothesis' own beam; the new hypotheses take over their parents' ancestry.
+        ancestry = _write(ancestry, t, tf.range(k)[None, :])
         logits, cache = model.decode_step(tf.reshape(alive[:, :, t], [-1]), t, cache,
-                                          source_mask, kernels)
+                                          source_mask, kernels, ancestry)
         top_scores, top_beam, top_token = _best_extensions(logits, alive_scores, t, limits, k)
         top_seqs = _write(tf.gather(alive, top_beam, batch_dims=1), t + 1, top_token)
         is_eos = tf.equal(top_token, EOS_ID)
@@ -270,8 +259,7 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
         alive_candidates = tf.where(is_eos, _NEG_INF, top_scores)
         alive_scores, keep = tf.math.top_k(alive_candidates, k)
         alive = tf.gather(top_seqs, keep, batch_dims=1)
-        cache = _gather_cache(cache, tf.gather(top_beam, keep, batch_dims=1),
-                              tf.shape(alive)[0], k)
+        ancestry = tf.gather(ancestry, tf.gather(top_beam, keep, batch_dims=1), batch_dims=1)
 
         # Finished: merge the extensions that ended (length-normalised) into the k best.
         ended_scores = tf.where(ends & real, top_scores / length_penalty(t + 1, alpha), _NEG_INF)
@@ -286,11 +274,11 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
                 stops = finished_scores[:, k - 1] > _NEG_INF / 2
             alive_scores = tf.where(stops[:, None], _NEG_INF, alive_scores)
         return t + 1, (alive, alive_scores, finished, finished_scores, limits, max_penalty,
-                       source_mask), cache
+                       source_mask, ancestry), cache
 
     sentences = decoding_loop.run(step, settled, tf.constant(0), sentences, cache, max_length,
                                   beam_size=k, compact=compact)
-    alive, alive_scores, finished, finished_scores, _, max_penalty, _ = sentences
+    alive, alive_scores, finished, finished_scores, _, max_penalty, _, _ = sentences
     # A sentence that finished nothing (cannot happen with limits ≤ max_length, kept
     # for safety) falls back to its alive beams.
     none_finished = (finished_scores[:, 0] <= _NEG_INF / 2)[:, None]
@@ -300,16 +288,6 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
     if return_all:
         return seqs, scores
     return seqs[:, 0], scores[:, 0]
-
-
-def _gather_cache(cache, beam_indices, batch, beam_size):
-    """Reorder the self-attention cache by the chosen beams. Cross-attention keys and
-    values are identical across a sentence's beams, so they are left as they are."""
-    return [
-        {**layer, "key": _gather_beams(layer["key"], beam_indices, batch, beam_size),
-         "value": _gather_beams(layer["value"], beam_indices, batch, beam_size)}
-        for layer in cache
-    ]
 
 
 def _pad_after_eos(ids):

@@ -1,15 +1,14 @@
 """The decoding loop shared by greedy and beam search: cache segments and batch compaction.
 
 Both decoders hand `run` a step function over named state: the step counter `t`, a
-tuple of per-sentence tensors (first axis = sentence) and the decoder cache (its
-self-attention keys/values have a row per hypothesis, sentence · beam_size + beam; its
-cross-attention keys/values a row per sentence). Every loop has static shapes, so XLA
-compiles it whole and TFLite converts it to builtins. Two things keep it from paying for
-work that changes nothing:
+tuple of per-sentence tensors (first axis = sentence) and the decoder cache (a row per
+sentence too; its self-attention keys/values hold `beam_size` entries a slot on axis 2).
+Every loop has static shapes, so XLA compiles it whole and TFLite converts it to builtins.
+Two things keep it from paying for work that changes nothing:
 
 - Cache segments (`capacities`): the first loop holds `FIRST_SEGMENT` self-attention
-  slots, the next one the full `max_length`; each step attends over and reorders the
-  whole cache, so a cache longer than its filled part wastes that work.
+  slots, the next one the full `max_length`; each step attends over the whole cache,
+  so a cache longer than its filled part wastes that work.
 - Batch compaction (`compact=True`): a sentence is settled once its result can no
   longer change, yet a static batch steps every sentence until the last one settles.
   So the batch goes at full width only until at most a quarter of its sentences are
@@ -39,10 +38,11 @@ def capacities(max_length):
     """Self-attention cache sizes of the loop's segments: `FIRST_SEGMENT` slots, then
     `max_length`.
 
-    On 2 AVX2 cores (small model, batch 32, beam 4) reordering a 64-slot cache took 27 %
-    of the decoding time. Each segment is one more copy of the loop body to trace and
-    compile, so there are two: three or four (16, 32, 64, ...) made the TFLite export
-    ~1.7x slower and larger in memory.
+    Each step attends over every slot of the cache (× beam_size entries in beam search):
+    a 128-row beam step's decoder layers take 2.4 ms at 16 slots and 3.2 at 32 (AMX Xeon,
+    2 cores, `bench/step_profile.py`). Each segment is one more copy of the loop body to
+    trace and compile, so there are two: three or four (16, 32, 64, ...) made the TFLite
+    export ~1.7x slower and larger in memory.
     """
     static = tf.get_static_value(max_length)
     if static is not None:
@@ -58,9 +58,9 @@ def run(step, settled, t, sentences, cache, max_length, beam_size=1, compact=Tru
         settled: `(t, sentences) -> bool [batch]`; a settled sentence's result no longer
             changes, whether or not it is stepped.
         t, sentences, cache: the start state; the cache made with capacity
-            `capacities(max_length)[0]`.
+            `capacities(max_length)[0]` (`capacity · beam_size` entries on axis 2).
         max_length: the static output length.
-        beam_size: hypotheses (self-attention cache rows) per sentence.
+        beam_size: hypotheses per sentence (self-attention cache entries per slot).
         compact: compact the batch (see the module docstring).
 
     Returns the final `sentences`.
@@ -81,7 +81,7 @@ def run(step, settled, t, sentences, cache, max_length, beam_size=1, compact=Tru
     sizes = capacities(max_length)
     batch = sentences[0].shape[0]
     if not compact or (batch is not None and batch < MIN_COMPACT_WIDTH):
-        return _segments(step, settled, (t, sentences, cache), sizes)[1]
+        return _segments(step, settled, (t, sentences, cache), sizes, beam_size)[1]
     batch = tf.shape(sentences[0])[0]
     width = tf.maximum(batch // COMPACTION, 1)
 
@@ -90,24 +90,25 @@ def run(step, settled, t, sentences, cache, max_length, beam_size=1, compact=Tru
 
     # Full width (through both cache segments) until at most `width` sentences are
     # unsettled; then those alone, as one narrow batch with the full-size cache.
-    t, sentences, cache = _segments(step, settled, (t, sentences, cache), sizes,
+    t, sentences, cache = _segments(step, settled, (t, sentences, cache), sizes, beam_size,
                                     more=lambda live: count(live) > width)
     live = tf.logical_not(settled(t, sentences))
     picked = tf.math.top_k(tf.cast(live, tf.int32), width).indices  # unsettled first
-    narrow = (t, _take(sentences, picked), _take_cache(cache, picked, beam_size))
-    _, narrow_sentences, narrow_cache = _segments(step, settled, narrow, sizes[-1:])
+    narrow = (t, _take(sentences, picked), _take_cache(cache, picked))
+    _, narrow_sentences, narrow_cache = _segments(step, settled, narrow, sizes[-1:], beam_size)
     back = _put_back(picked, batch)
     return tuple(back(full, part) for full, part in zip(sentences, narrow_sentences))
 
 
-def _segments(step, settled, state, sizes, more=None):
+def _segments(step, settled, state, sizes, beam_size, more=None):
     """One `tf.while_loop` per cache size in `sizes` (the cache grown before each, if
     smaller), each while `t` < that size, some sentence is unsettled and `more(live)`."""
     for capacity in sizes:
         t, sentences, cache = state
-        slots = cache[0]["key"].shape[2]
-        if slots is None or slots != tf.get_static_value(capacity):
-            cache = grow_cache(cache, capacity)  # a no-op pad when the size is the same
+        entries = cache[0]["key"].shape[2]
+        static = tf.get_static_value(capacity)
+        if entries is None or static is None or entries != static * beam_size:
+            cache = grow_cache(cache, capacity, beam_size)  # a no-op pad if the same size
 
         def not_done(t, sentences, cache, capacity=capacity):
             live = tf.logical_not(settled(t, sentences))
@@ -140,22 +141,16 @@ def _take(sentences, picked):
     return tuple(tf.gather(x, picked) for x in sentences)
 
 
-def _hypothesis_rows(picked, beam_size):
-    """Self-attention cache rows of the `picked` sentences, `[len(picked) · beam_size]`."""
-    return tf.reshape(picked[:, None] * beam_size + tf.range(beam_size)[None, :], [-1])
+def _take_cache(cache, picked):
+    """The cache of the `picked` sentences."""
+    return [{name: tf.gather(x, picked) for name, x in layer.items()} for layer in cache]
 
 
-def _take_cache(cache, picked, beam_size):
-    """The cache of the `picked` sentences (all their hypotheses)."""
-    rows = _hypothesis_rows(picked, beam_size)
-    return [{name: tf.gather(x, rows if name in ("key", "value") else picked)
-             for name, x in layer.items()} for layer in cache]
-
-
-def grow_cache(cache, capacity):
-    """Pad each layer's self-attention keys/values (axis 2) to `capacity` slots."""
+def grow_cache(cache, capacity, beam_size=1):
+    """Pad each layer's self-attention keys/values (axis 2) to `capacity` slots of
+    `beam_size` entries (slot-major, so the filled entries keep their places)."""
     def grow(x):
-        return tf.pad(x, [[0, 0], [0, 0], [0, capacity - tf.shape(x)[2]], [0, 0]])
+        return tf.pad(x, [[0, 0], [0, 0], [0, capacity * beam_size - tf.shape(x)[2]], [0, 0]])
 
     return [{**layer, "key": grow(layer["key"]), "value": grow(layer["value"])}
             for layer in cache]

@@ -7,6 +7,7 @@ from keras import ops
 # and learning-rate schedule, which `keras.models.load_model` must find in a fresh process.
 from keras_transformer import accumulation, losses, schedules  # noqa: F401
 from keras_transformer.config import TransformerConfig
+from keras_transformer.layers.attention import visible_entries
 from keras_transformer.layers.decoder import TransformerDecoder
 from keras_transformer.layers.dropout import Dropout
 from keras_transformer.layers.embedding import TokenEmbedding
@@ -199,22 +200,27 @@ class Transformer(keras.Model):
             logits = ops.transpose(self.target_embedding.embeddings)
         return {"decoder": self.decoder.step_kernels(), "logits": logits}
 
-    def decode_step(self, token_ids, index, cache, source_mask, kernels=None):
+    def decode_step(self, token_ids, index, cache, source_mask, kernels=None, ancestry=None):
         """Logits `[batch, vocab]` for position `index + 1` given the token at `index`.
 
-        `token_ids` is `[batch]`; `cache` comes from `init_cache` or a previous step;
-        `kernels` from `step_kernels()`. Returns `(logits, new_cache)`; equal to
-        `decode` on the whole prefix.
+        `token_ids` is `[batch]` (beam search: `[sentences · beams]`); `cache` comes from
+        `init_cache` or a previous step; `kernels` from `step_kernels()`; `ancestry`
+        (beam search): int `[sentences, beams, ≥ capacity]`, the beam whose cache entries
+        hold each hypothesis' history at each slot, its own at `index`
+        (`attention.visible_entries`; default: each beam its own). Returns
+        `(logits, new_cache)`; equal to `decode` on the whole prefix.
         """
         x = self.target_embedding(ops.expand_dims(token_ids, 1))
+        beams = ops.shape(token_ids)[0] // ops.shape(cache[0]["key"])[0]
+        capacity = ops.shape(cache[0]["key"])[2] // beams
         # Take row `index` of the whole (constant-folded) table: computing sin/cos of the
         # dynamic position inside the decoding loop cost ~1 ms a step under XLA on CPU.
-        max_length = ops.shape(cache[0]["key"])[2]
-        table = sinusoids(max_length, self.config.d_model, dtype=x.dtype)
+        table = sinusoids(capacity, self.config.d_model, dtype=x.dtype)
         x = x + ops.expand_dims(ops.take(table, ops.expand_dims(index, 0), axis=0), 0)
         if kernels is None:
             kernels = self.step_kernels()
-        x, cache, _ = self.decoder.step(x, cache, index, source_mask, kernels["decoder"])
+        visible = None if ancestry is None else visible_entries(ancestry[:, :, :capacity], index)
+        x, cache, _ = self.decoder.step(x, cache, index, source_mask, kernels["decoder"], visible)
         logits = ops.matmul(x[:, 0], ops.cast(kernels["logits"], x.dtype))
         return ops.cast(logits, "float32"), cache
 

@@ -11,21 +11,18 @@ BEAM, HEADS, DEPTH, SOURCE = 2, 1, 3, 4
 
 def _run(settle_at, max_length, compact, jit_compile):
     """Sentence i settles once t >= settle_at[i]. Each step writes t + 1 into the
-    self-attention cache slot t of every hypothesis row and adds the row's cache sum and
-    its cross-attention sum into a per-sentence value (a wrong row put back changes it);
-    `work` counts how often each sentence was stepped."""
+    self-attention cache slot t of every hypothesis (BEAM entries a slot) and adds the
+    sentence's cache sum and its cross-attention sum into a per-sentence value (a wrong
+    row put back changes it); `work` counts how often each sentence was stepped."""
     settle_at = tf.constant(settle_at, tf.int32)
     batch = int(settle_at.shape[0])
-    rows = batch * BEAM
 
     def step(t, sentences, cache):
         value, work, settle_at = sentences
         (layer,) = cache
-        n = tf.shape(value)[0]
-        slot = tf.range(tf.shape(layer["key"])[2])[None, None, :, None]
+        slot = tf.range(tf.shape(layer["key"])[2])[None, None, :, None] // BEAM
         key = tf.where(tf.equal(slot, t), tf.cast(t + 1, tf.float32), layer["key"])
-        per_row = tf.reduce_sum(key, axis=[1, 2, 3])                          # [n * BEAM]
-        per_sentence = tf.reduce_sum(tf.reshape(per_row, [n, BEAM]), axis=1)
+        per_sentence = tf.reduce_sum(key, axis=[1, 2, 3])                     # [n]
         cross = tf.reduce_sum(layer["cross_key"], axis=[1, 2, 3])             # [n]
         live = t < settle_at
         value = value + tf.where(live, per_sentence + cross, 0.0)
@@ -40,8 +37,8 @@ def _run(settle_at, max_length, compact, jit_compile):
         capacity = decoding_loop.capacities(max_length)[0]
         # Each sentence's cross-attention keys hold its index: mixing two up shows.
         cross = tf.reshape(tf.range(batch, dtype=tf.float32), [batch, 1, 1, 1])
-        cache = [{"key": tf.zeros([rows, HEADS, capacity, DEPTH]),
-                  "value": tf.zeros([rows, HEADS, capacity, DEPTH]),
+        cache = [{"key": tf.zeros([batch, HEADS, capacity * BEAM, DEPTH]),
+                  "value": tf.zeros([batch, HEADS, capacity * BEAM, DEPTH]),
                   "cross_key": tf.tile(cross, [1, HEADS, SOURCE, DEPTH])}]
         value, work, _ = decoding_loop.run(step, settled, tf.constant(0), sentences, cache,
                                            max_length, beam_size=BEAM, compact=compact)

@@ -11,6 +11,7 @@ from keras_transformer.layers import (
     TransformerEncoder,
     sinusoids,
 )
+from keras_transformer.layers.attention import scaled_dot_product_attention, visible_entries
 from tests.conftest import random_ids
 
 
@@ -126,3 +127,40 @@ def test_attention_kernels_start_different(initializer):
     again(x, x)
     if not isinstance(initializer, str):  # a seeded initializer stays reproducible
         np.testing.assert_array_equal(again.key_kernel.numpy(), layer.key_kernel.numpy())
+
+
+def test_attention_step_follows_each_hypothesis_ancestry():
+    """Beam search never reorders the cache: a hypothesis attends to the entries its
+    ancestry names. Equal to attending over its history gathered out explicitly."""
+    sentences, beams, capacity, heads, depth = 2, 3, 5, 2, 4
+    rng = np.random.default_rng(0)
+    mha = MultiHeadAttention(num_heads=heads, key_dim=depth)
+    rows = sentences * beams
+    query = rng.normal(size=(rows, 1, heads * depth)).astype("float32")
+    mha(query, query)  # build
+    cache_key = rng.normal(size=(sentences, heads, capacity * beams, depth)).astype("float32")
+    cache_value = rng.normal(size=cache_key.shape).astype("float32")
+    index = 3
+    ancestry = rng.integers(0, beams, size=(sentences, beams, capacity)).astype("int32")
+    ancestry[:, :, index] = np.arange(beams)  # slot `index` is written by the hypothesis
+    out, _, new_key, new_value = mha.step(query, cache_key, cache_value, index,
+                                          visible=visible_entries(ancestry, index))
+    new_key, new_value = keras.ops.convert_to_numpy(new_key), keras.ops.convert_to_numpy(new_value)
+    # Reference: each hypothesis' keys/values slot by slot, then plain attention over them.
+    expected = []
+    for row in range(rows):
+        sentence, beam = divmod(row, beams)
+        entries = [s * beams + ancestry[sentence, beam, s] for s in range(index + 1)]
+        keys = new_key[sentence][:, entries][None]                   # [1, heads, index + 1, depth]
+        values = new_value[sentence][:, entries][None]
+        q = keras.ops.convert_to_numpy(mha._flat_heads(
+            query[row:row + 1], *mha._projection(("query",)), 1)[0])
+        context, _ = scaled_dot_product_attention(q, keys, values)
+        context = keras.ops.reshape(keras.ops.transpose(context, (0, 2, 1, 3)), (1, 1, -1))
+        expected.append(keras.ops.convert_to_numpy(
+            keras.ops.matmul(context, mha.step_kernels()["output"]) + mha.output_bias))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(out), np.concatenate(expected),
+                               atol=1e-5)
+    # The step wrote its own keys at slot `index` of each beam and nothing else.
+    changed = np.any(new_key != cache_key, axis=(1, 3))                  # [sentences, entries]
+    assert np.array_equal(np.flatnonzero(changed[0]), index * beams + np.arange(beams))

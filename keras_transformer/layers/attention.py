@@ -39,6 +39,27 @@ def scaled_dot_product_attention(query, key, value, mask=None, dropout=None, tra
     return ops.matmul(dropped, value), weights
 
 
+def visible_entries(ancestry, index):
+    """Which self-attention cache entries each hypothesis sees (`MultiHeadAttention.step`).
+
+    `ancestry`: int `[sentences, beams, capacity]`, the beam whose cache entries hold
+    each hypothesis' token at each slot (at slot `index`, its own beam). Returns bool
+    `[sentences, 1, beams, capacity · beams]`, True at entry s · beams + j where
+    slot s ≤ `index` and `ancestry[..., s] == j`.
+
+    Example: beam 1 took over beam 0's history at slot 0.
+    >>> ancestry = keras.ops.convert_to_tensor([[[0, 0, 0], [0, 1, 0]]])
+    >>> keras.ops.convert_to_numpy(visible_entries(ancestry, 1)).astype(int)[0, 0]
+    array([[1, 0, 1, 0, 0, 0],
+           [1, 0, 0, 1, 0, 0]])
+    """
+    sentences, beams, capacity = (ops.shape(ancestry)[i] for i in range(3))
+    mine = ops.equal(ops.expand_dims(ancestry, -1), ops.arange(beams))   # [sentences, beams, capacity, beams]
+    filled = ops.reshape(ops.less_equal(ops.arange(capacity), index), (1, 1, capacity, 1))
+    visible = ops.logical_and(mine, filled)
+    return ops.reshape(visible, (sentences, 1, beams, capacity * beams))
+
+
 @keras.saving.register_keras_serializable(package="keras_transformer")
 class MultiHeadAttention(keras.layers.Layer):
     """Multi-head attention written for this project, with a key/value cache.
@@ -192,32 +213,58 @@ class MultiHeadAttention(keras.layers.Layer):
                                           training)
         return (output, weights) if return_attention_scores else output
 
-    def step(self, query, cache_key, cache_value, index, kernels=None):
+    def step(self, query, cache_key, cache_value, index, kernels=None, visible=None):
         """One decoding step of causal self-attention with a preallocated cache.
 
-        Args:
-            query: `[batch, 1, d]`, the input at position `index`.
-            cache_key, cache_value: `[batch, heads, max_length, head_dim]`.
-            index: scalar int, the position being decoded.
-            kernels: optional `step_kernels()`, prepared once outside the loop.
+        The batch holds `beam_size` hypotheses a sentence (rows sentence · beam_size +
+        beam; beam_size = query rows / cache rows, 1 for greedy). The cache has one row a
+        sentence and `capacity · beam_size` entries: slot s of beam j is entry
+        s · beam_size + j. A hypothesis attends to its own history through `visible`, so
+        beam search never reorders the cache when hypotheses change places: it keeps,
+        per hypothesis and slot, which beam's entry holds its history (its ancestry).
+        Each hypothesis then attends over all beam_size · capacity entries, masked to its
+        own; that is beam_size times the attention products, but these are small beside
+        reordering 4 layers of cache at every step (measured in `decoding.beam_search`).
 
-        Returns `(output [batch, 1, d], weights, new_cache_key, new_cache_value)`.
+        Args:
+            query: `[sentences · beam_size, 1, d]`, the input at position `index`.
+            cache_key, cache_value: `[sentences, heads, capacity · beam_size, head_dim]`.
+            index: scalar int, the position being decoded; written to slot `index`.
+            kernels: optional `step_kernels()`, prepared once outside the loop.
+            visible: bool, broadcastable to `[sentences, 1, beam_size, capacity ·
+                beam_size]`: which entries each hypothesis attends to. Default: beam j
+                sees beam j's slots up to `index` (its history never moved).
+
+        Returns `(output [rows, 1, d], weights, new_cache_key, new_cache_value)`.
         """
         if kernels is None:
             kernels = self.step_kernels()
+        sentences, entries = ops.shape(cache_key)[0], ops.shape(cache_key)[2]
+        beams = ops.shape(query)[0] // sentences
         query_heads, key, value = self._flat_heads(
             query, kernels["query"], kernels["query_bias"], 3
         )
+
+        def by_sentence(x):  # [rows, heads, 1, head_dim] → [sentences, heads, beams, head_dim]
+            x = ops.reshape(x, (sentences, beams, self.num_heads, self.key_dim))
+            return ops.transpose(x, (0, 2, 1, 3))
+
         # Written in place (XLA DynamicUpdateSlice, a TFLite builtin): a one-hot select
-        # rewrote the whole cache at every step.
-        start = (0, 0, index, 0)
-        cache_key = ops.slice_update(cache_key, start, ops.cast(key, cache_key.dtype))
-        cache_value = ops.slice_update(cache_value, start, ops.cast(value, cache_value.dtype))
-        capacity = ops.shape(cache_key)[2]
-        visible = ops.reshape(ops.less_equal(ops.arange(capacity), index), (1, 1, capacity))
-        output, weights = self._attend_heads(
-            query_heads, cache_key, cache_value, visible, None, kernels
-        )
+        # rewrote the whole cache at every step. The beams of slot `index` are adjacent.
+        start = (0, 0, index * beams, 0)
+        cache_key = ops.slice_update(cache_key, start, ops.cast(by_sentence(key), cache_key.dtype))
+        cache_value = ops.slice_update(cache_value, start,
+                                       ops.cast(by_sentence(value), cache_value.dtype))
+        if visible is None:
+            entry = ops.arange(entries)
+            own = ops.equal(ops.expand_dims(entry % beams, 0),
+                            ops.expand_dims(ops.arange(beams), 1))        # [beams, entries]
+            visible = ops.logical_and(own, ops.less_equal(entry // beams, index))
+        context, weights = scaled_dot_product_attention(
+            by_sentence(query_heads), cache_key, cache_value, visible
+        )                                                              # [sentences, heads, beams, head_dim]
+        context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)), (-1, 1, self.num_heads * self.key_dim))
+        output = ops.matmul(context, kernels["output"]) + kernels["output_bias"]
         return output, weights, cache_key, cache_value
 
     def compute_output_shape(self, query_shape, value_shape=None, key_shape=None):

@@ -64,12 +64,14 @@ class DecoderLayer(_ResidualLayer):
         """This layer's cache for decoding up to `max_length` tokens against `memory`.
 
         Cross-attention keys and values are projected once per sentence
-        (`[batch, heads, src_len, head_dim]`); the self-attention cache has a row per
-        hypothesis (`[batch * beam_size, heads, max_length, head_dim]`).
+        (`[batch, heads, src_len, head_dim]`); the self-attention cache holds the
+        `beam_size` hypotheses of a sentence side by side, slot by slot
+        (`[batch, heads, max_length * beam_size, head_dim]`; see
+        `MultiHeadAttention.step`).
         """
         cross_key, cross_value = self.cross_attention.project_key_value(memory)
-        rows = ops.shape(memory)[0] * beam_size
-        shape = (rows, self.num_heads, max_length, ops.shape(cross_key)[-1])
+        shape = (ops.shape(memory)[0], self.num_heads, max_length * beam_size,
+                 ops.shape(cross_key)[-1])
         empty = ops.zeros(shape, dtype=cross_key.dtype)
         return {"key": empty, "value": empty, "cross_key": cross_key, "cross_value": cross_value}
 
@@ -78,17 +80,19 @@ class DecoderLayer(_ResidualLayer):
         return {"self": self.self_attention.step_kernels(),
                 "cross": self.cross_attention.step_kernels(fuse_key_value=False)}
 
-    def step(self, x, cache, index, memory_mask=None, kernels=None):
+    def step(self, x, cache, index, memory_mask=None, kernels=None, visible=None):
         """Decode position `index`: `x` is `[batch, 1, d]`. Returns `(x, cache, weights)`.
 
-        `kernels`: `step_kernels()` prepared once before the decoding loop (optional).
+        `kernels`: `step_kernels()` prepared once before the decoding loop (optional);
+        `visible`: the self-attention cache entries each hypothesis sees
+        (`MultiHeadAttention.step`).
         """
         kernels = self.step_kernels() if kernels is None else kernels
         new_cache = dict(cache)
 
         def self_attend(h):
             out, weights, new_cache["key"], new_cache["value"] = self.self_attention.step(
-                h, cache["key"], cache["value"], index, kernels["self"]
+                h, cache["key"], cache["value"], index, kernels["self"], visible
             )
             return out, weights
 
@@ -146,13 +150,13 @@ class TransformerDecoder(_Stack):
         """One `DecoderLayer.step_kernels()` per layer, to prepare before a decoding loop."""
         return [layer.step_kernels() for layer in self.blocks]
 
-    def step(self, x, cache, index, memory_mask=None, kernels=None):
+    def step(self, x, cache, index, memory_mask=None, kernels=None, visible=None):
         """Decode position `index` through all layers. Returns `(x, cache, weights)`."""
         kernels = self.step_kernels() if kernels is None else kernels
         new_cache, all_weights = [], []
         for layer, layer_cache, layer_kernels in zip(self.blocks, cache, kernels):
             x, layer_cache, weights = layer.step(x, layer_cache, index, memory_mask,
-                                                 layer_kernels)
+                                                 layer_kernels, visible)
             new_cache.append(layer_cache)
             all_weights.append(weights)
         return self._finish(x), new_cache, all_weights
