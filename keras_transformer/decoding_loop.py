@@ -41,8 +41,12 @@ def capacities(max_length):
     Each step attends over every slot of the cache (× beam_size entries in beam search):
     a 128-row beam step's decoder layers take 2.4 ms at 16 slots and 3.2 at 32 (AMX Xeon,
     2 cores, `bench/step_profile.py`). Each segment is one more copy of the loop body to
-    trace and compile, so there are two: three or four (16, 32, 64, ...) made the TFLite
-    export ~1.7x slower and larger in memory.
+    trace and compile, so there are two. Three (16, 32, full; AMX Xeon, main-job model,
+    test set, beam 4) decoded 7 % faster once compiled (3.29 vs 3.54 s) but made
+    `keras-transformer translate --file` 14 % slower from a cold start (27.0 vs 23.6 s:
+    more to compile per batch shape) and the TFLite export 29.5 → 35.3 s, 1.96 → 2.21 GB.
+    (Three loops in one XLA function also met a tf2xla error, "Cannot find body function
+    …_const_0", when the cross-attention cache was a constant.)
     """
     static = tf.get_static_value(max_length)
     if static is not None:
