@@ -79,7 +79,8 @@ def measure(rows, inner, columns, engines):
 
 
 # XLA's CPU backend options to compare (each in a fresh process: XLA reads XLA_FLAGS once).
-XLA_VARIANTS = ["", "--xla_cpu_use_xnnpack=true", "--xla_cpu_use_mkl_dnn=true"]
+XLA_VARIANTS = ["", "--xla_cpu_use_onednn=true", "--xla_cpu_prefer_vector_width=512",
+                "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY"]
 
 
 def main():
