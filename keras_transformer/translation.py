@@ -99,8 +99,8 @@ def _pad_to_buckets(ids, bucket):
 # Batches `translate_lines` decodes at once. One batch's decoding leaves the cores idle
 # between its many small steps and around them (tokenizing, the encoder); a second batch
 # fills them. On 2 cores (AMX Xeon; main-job model, Multi30k test set, beam 4, batches of
-# 32, steady state; `bench/workers.py`): 1 worker 6.18 s, 2 workers 4.53 s, 4 workers
-# 4.57 s; two workers of one intra-op thread each 8.15 s (they run one after the other).
+# 32, steady state; `bench/workers.py` at c512a8e): 1 worker 6.04 s, 2 workers 3.71 s,
+# 4 workers 3.89 s; two workers of one intra-op thread each 6.75 s.
 WORKERS = 2
 
 
