@@ -44,20 +44,20 @@ def visible_entries(ancestry, index):
 
     `ancestry`: int `[sentences, beams, capacity]`, the beam whose cache entries hold
     each hypothesis' token at each slot (at slot `index`, its own beam). Returns bool
-    `[sentences, 1, beams, capacity · beams]`, True at entry s · beams + j where
-    slot s ≤ `index` and `ancestry[..., s] == j`.
+    `[sentences, beams, capacity · beams]`, True at entry s · beams + j where slot
+    s ≤ `index` and `ancestry[..., s] == j`.
 
     Example: beam 1 took over beam 0's history at slot 0.
     >>> ancestry = keras.ops.convert_to_tensor([[[0, 0, 0], [0, 1, 0]]])
-    >>> keras.ops.convert_to_numpy(visible_entries(ancestry, 1)).astype(int)[0, 0]
+    >>> keras.ops.convert_to_numpy(visible_entries(ancestry, 1)).astype(int)[0]
     array([[1, 0, 1, 0, 0, 0],
            [1, 0, 0, 1, 0, 0]])
     """
     sentences, beams, capacity = (ops.shape(ancestry)[i] for i in range(3))
-    mine = ops.equal(ops.expand_dims(ancestry, -1), ops.arange(beams))   # [sentences, beams, capacity, beams]
+    # [sentences, beams, capacity, beams]: entry (s, j) holds this hypothesis' slot s
+    mine = ops.equal(ops.expand_dims(ancestry, -1), ops.arange(beams))
     filled = ops.reshape(ops.less_equal(ops.arange(capacity), index), (1, 1, capacity, 1))
-    visible = ops.logical_and(mine, filled)
-    return ops.reshape(visible, (sentences, 1, beams, capacity * beams))
+    return ops.reshape(ops.logical_and(mine, filled), (sentences, beams, capacity * beams))
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -223,17 +223,18 @@ class MultiHeadAttention(keras.layers.Layer):
         beam search never reorders the cache when hypotheses change places: it keeps,
         per hypothesis and slot, which beam's entry holds its history (its ancestry).
         Each hypothesis then attends over all beam_size · capacity entries, masked to its
-        own; that is beam_size times the attention products, but these are small beside
-        reordering 4 layers of cache at every step (measured in `decoding.beam_search`).
+        own: beam_size times the attention products, cheaper than the reorder (a 128-row
+        beam step on 2 AMX Xeon cores: the reorder took 1.40 ms, the wider attention
+        costs 0.7 ms more; `bench/step_profile.py`).
 
         Args:
             query: `[sentences · beam_size, 1, d]`, the input at position `index`.
             cache_key, cache_value: `[sentences, heads, capacity · beam_size, head_dim]`.
             index: scalar int, the position being decoded; written to slot `index`.
             kernels: optional `step_kernels()`, prepared once outside the loop.
-            visible: bool, broadcastable to `[sentences, 1, beam_size, capacity ·
-                beam_size]`: which entries each hypothesis attends to. Default: beam j
-                sees beam j's slots up to `index` (its history never moved).
+            visible: bool, broadcastable to `[sentences, beam_size, capacity · beam_size]`:
+                the entries each hypothesis attends to (`visible_entries`). Default: beam
+                j sees beam j's slots up to `index` (its history never moved).
 
         Returns `(output [rows, 1, d], weights, new_cache_key, new_cache_value)`.
         """
@@ -252,19 +253,17 @@ class MultiHeadAttention(keras.layers.Layer):
         # Written in place (XLA DynamicUpdateSlice, a TFLite builtin): a one-hot select
         # rewrote the whole cache at every step. The beams of slot `index` are adjacent.
         start = (0, 0, index * beams, 0)
-        cache_key = ops.slice_update(cache_key, start, ops.cast(by_sentence(key), cache_key.dtype))
-        cache_value = ops.slice_update(cache_value, start,
-                                       ops.cast(by_sentence(value), cache_value.dtype))
+        key, value = (ops.cast(by_sentence(x), cache_key.dtype) for x in (key, value))
+        cache_key = ops.slice_update(cache_key, start, key)
+        cache_value = ops.slice_update(cache_value, start, value)
         if visible is None:
             entry = ops.arange(entries)
-            own = ops.equal(ops.expand_dims(entry % beams, 0),
-                            ops.expand_dims(ops.arange(beams), 1))        # [beams, entries]
-            visible = ops.logical_and(own, ops.less_equal(entry // beams, index))
-        context, weights = scaled_dot_product_attention(
-            by_sentence(query_heads), cache_key, cache_value, visible
-        )                                                              # [sentences, heads, beams, head_dim]
-        context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)), (-1, 1, self.num_heads * self.key_dim))
-        output = ops.matmul(context, kernels["output"]) + kernels["output_bias"]
+            own = ops.equal(entry % beams, ops.expand_dims(ops.arange(beams), 1))  # [beams, entries]
+            visible = ops.expand_dims(ops.logical_and(own, entry // beams <= index), 0)
+        output, weights = self._attend_heads(
+            by_sentence(query_heads), cache_key, cache_value, visible, None, kernels
+        )                                                            # [sentences, beams, d]
+        output = ops.reshape(output, (-1, 1, ops.shape(output)[-1]))  # [rows, 1, d]
         return output, weights, cache_key, cache_value
 
     def compute_output_shape(self, query_shape, value_shape=None, key_shape=None):
