@@ -137,7 +137,7 @@ def test_attention_step_follows_each_hypothesis_ancestry():
     mha = MultiHeadAttention(num_heads=heads, key_dim=depth)
     rows = sentences * beams
     query = rng.normal(size=(rows, 1, heads * depth)).astype("float32")
-    mha(query, query)  # build
+    mha.build(query.shape)
     cache_key = rng.normal(size=(sentences, heads, capacity * beams, depth)).astype("float32")
     cache_value = rng.normal(size=cache_key.shape).astype("float32")
     index = 3
