@@ -104,11 +104,30 @@ def _pad_to_buckets(ids, bucket):
 WORKERS = 2
 
 
+def _from_both_ends(chunks):
+    """Batches sorted by length, taken from both ends in turn: longest, shortest, next
+    longest, ... With two workers the first two batches have different shape buckets,
+    so their decoders compile at once on the two cores instead of one after the other,
+    and the longest batch does not end the file alone on one core. Main-job SavedModel,
+    Multi30k test set, beam 4, 2 AMX Xeon cores, interleaved against sorted order (3
+    rounds each, medians): first pass 19.3 → 16.1 s, steady pass 4.58 → 4.12 s, the
+    `translate --file` command 27.6 → 25.6 s (6 rounds); the same translations."""
+    ends = []
+    low, high = 0, len(chunks) - 1
+    while low <= high:
+        ends.append(chunks[high])
+        if low < high:
+            ends.append(chunks[low])
+        low, high = low + 1, high - 1
+    return ends
+
+
 def translate_lines(translate, lines, batch_size=64, verbose=1, workers=WORKERS):
     """Translate a list of strings with `translate(list_of_str) -> array of bytes`.
 
-    Sentences are sorted by length so each batch pads little; a Keras progress bar
-    counts sentences. Output order matches input order. A short last batch is padded
+    Sentences are sorted by length so each batch pads little, and the batches are
+    taken from both ends of that order (`_from_both_ends`); a Keras progress bar counts
+    sentences. Output order matches input order. A short last batch is padded
     with empty sentences to `batch_size`, so it reuses the full batches' compiled
     shape instead of compiling its own (an empty sentence settles at the first step,
     and batch compaction drops it; on the Multi30k test set, 31 batches of 32 and one
@@ -124,7 +143,8 @@ def translate_lines(translate, lines, batch_size=64, verbose=1, workers=WORKERS)
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     order = np.argsort([len(line) for line in lines], kind="stable")
-    chunks = [order[start:start + batch_size] for start in range(0, len(lines), batch_size)]
+    chunks = _from_both_ends(
+        [order[start:start + batch_size] for start in range(0, len(lines), batch_size)])
 
     def run(chunk):
         batch = [lines[i] for i in chunk]

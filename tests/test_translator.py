@@ -157,6 +157,20 @@ def test_translate_lines_pads_only_a_short_last_batch():
     assert sizes == [3]
 
 
+def test_translate_lines_takes_batches_from_both_ends():
+    """Batches go longest, shortest, next longest, ...: two workers start on different
+    shape buckets (compiling both at once), and the longest does not end the file alone."""
+    calls = []
+
+    def translate(batch):
+        calls.append([len(text) for text in batch])
+        return [text.encode() for text in batch]
+
+    lines = ["x" * n for n in (3, 9, 1, 7, 5, 10, 2, 8, 4, 6)]
+    assert translate_lines(translate, lines, 2, verbose=0, workers=1) == lines
+    assert calls == [[9, 10], [1, 2], [7, 8], [3, 4], [5, 6]]
+
+
 def test_translate_lines_runs_batches_at_once_and_keeps_the_order():
     """With 2 workers two batches are in `translate` at the same time (the first waits
     until the second has started), and the first batch finishing last does not reorder
