@@ -99,8 +99,9 @@ def _pad_to_buckets(ids, bucket):
 # Batches `translate_lines` decodes at once. One batch's decoding leaves the cores idle
 # between its many small steps and around them (tokenizing, the encoder); a second batch
 # fills them. On 2 cores (AMX Xeon; main-job model, Multi30k test set, beam 4, batches of
-# 32, steady state; `bench/workers.py` at c512a8e): 1 worker 6.04 s, 2 workers 3.71 s,
-# 4 workers 3.89 s; two workers of one intra-op thread each 6.75 s.
+# 32, steady state; `bench/workers.py --rounds 2`, bench/results/workers.json): 1 worker
+# 6.02 / 6.04 s, 2 workers 3.87 / 3.93 s, 4 workers 3.89 / 4.00 s; two workers of one
+# intra-op thread each 7.02 / 6.96 s.
 WORKERS = 2
 
 
@@ -108,10 +109,11 @@ def _from_both_ends(chunks):
     """Batches sorted by length, taken from both ends in turn: longest, shortest, next
     longest, ... With two workers the first two batches have different shape buckets,
     so their decoders compile at once on the two cores instead of one after the other,
-    and the longest batch does not end the file alone on one core. Main-job SavedModel,
-    Multi30k test set, beam 4, 2 AMX Xeon cores, interleaved against sorted order (3
-    rounds each, medians): first pass 19.3 → 16.1 s, steady pass 4.58 → 4.12 s, the
-    `translate --file` command 27.6 → 25.6 s (6 rounds); the same translations."""
+    and the longest batch does not end the file alone on one core. `python
+    bench/workers.py --run RUN --rounds 2 --saved-model` (main-job SavedModel, Multi30k
+    test set, 2 AMX Xeon cores): first pass 16.2 / 15.3 s in sorted order, 14.2 / 14.0 s
+    from both ends; steady passes the same (3.77 / 3.53 s against 3.77 / 3.51). The
+    Keras model in process gains nothing (its first pass is tracing, under the GIL)."""
     ends = []
     low, high = 0, len(chunks) - 1
     while low <= high:
