@@ -108,12 +108,12 @@ WORKERS = 2
 def _from_both_ends(chunks):
     """Batches sorted by length, taken from both ends in turn: longest, shortest, next
     longest, ... With two workers the first two batches have different shape buckets,
-    so their decoders compile at once on the two cores instead of one after the other,
-    and the longest batch does not end the file alone on one core. `python
-    bench/workers.py --run RUN --rounds 2 --saved-model` (main-job SavedModel, Multi30k
-    test set, 2 AMX Xeon cores): first pass 16.2 / 15.3 s in sorted order, 14.2 / 14.0 s
+    so their decoders compile at once on the two cores instead of one after the other.
+    `python bench/workers.py --run RUN --rounds 2 --saved-model` (main-job SavedModel,
+    Multi30k test set, 2 AMX Xeon cores): first pass 16.2 / 15.3 s in sorted order, 14.2 / 14.0 s
     from both ends; steady passes the same (3.77 / 3.53 s against 3.77 / 3.51). The
-    Keras model in process gains nothing (its first pass is tracing, under the GIL)."""
+    Keras model in process gains nothing (19.7 / 20.4 s against 19.9 / 20.3; not profiled:
+    its first pass also traces each shape in Python)."""
     ends = []
     low, high = 0, len(chunks) - 1
     while low <= high:

@@ -159,7 +159,7 @@ def test_translate_lines_pads_only_a_short_last_batch():
 
 def test_translate_lines_takes_batches_from_both_ends():
     """Batches go longest, shortest, next longest, ...: two workers start on different
-    shape buckets (compiling both at once), and the longest does not end the file alone."""
+    shape buckets (compiling both at once)."""
     calls = []
 
     def translate(batch):
