@@ -14,6 +14,8 @@ import io
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from keras_transformer.quiet import captured_stderr
+
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 
@@ -69,6 +71,29 @@ class SubwordTokenizer(tf.Module):
     def tokenize(self, text):
         """Strings `[batch]` → RaggedTensor of int32 ids, without bos/eos."""
         return tf.cast(self.fast.tokenize(text), tf.int32)
+
+    def sampler(self, alpha):
+        """A function strings `[batch]` → RaggedTensor of int32 ids that samples each
+        sentence's segmentation from the unigram model (subword regularization, Kudo 2018),
+        for training only; translating uses `tokenize`'s single best segmentation.
+
+        `alpha` sharpens the sampling distribution (probabilities to the power `alpha`,
+        over all segmentations): small values sample rare, finer segmentations often,
+        large ones stay near the best. The samples are not seeded (the op draws its own).
+
+        Example:
+        >>> tokenizer = SubwordTokenizer.train(["a small test", "ein kleiner Test"] * 50,
+        ...                                    vocab_size=16)
+        >>> ids = tokenizer.sampler(alpha=0.3)(["a small test"])
+        >>> tokenizer.detokenize(ids).numpy()
+        array([b'a small test'], dtype=object)
+        """
+        # Kept off the module (a local): the exported SavedModel holds only `fast`. Loading
+        # the model logs an INFO line from C++ ("precompiled_charsmap is empty").
+        with captured_stderr():
+            sampling = tf_text.SentencepieceTokenizer(self.model_proto, out_type=tf.int32,
+                                                      nbest_size=-1, alpha=alpha)
+        return sampling.tokenize
 
     def source_ids(self, text, max_length=None):
         """Strings `[batch]` → encoder input: dense int32 ids `[batch, length]`, pad 0,

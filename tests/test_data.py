@@ -95,6 +95,35 @@ def test_batches_respect_budget_and_teacher_forcing(tokenizer, multi30k_sample):
     assert 2900 < seen <= 3000  # only over-long pairs are dropped
 
 
+def test_sampled_segmentations_keep_the_text_and_change_every_pass(tokenizer, multi30k_sample):
+    # Subword regularization: each pass reads the same sentences, each in a segmentation
+    # drawn afresh (finer on average than the best one), and the ids still spell the text.
+    source, target = ([" ".join(line.split()) for line in lines[:300]]  # as detokenized
+                      for lines in multi30k_sample)
+    pairs = streaming.text_pairs(source, target)
+    batches = data.make_batches(pairs, tokenizer, batch_tokens=1024, max_length=100,
+                                sampling_alpha=0.3)
+
+    def targets():  # one pass: text → the ids of its target_out
+        sentences = {}
+        for _, target_out in batches:
+            for row in target_out.numpy():
+                ids = tuple(int(i) for i in row if i != 0)
+                sentences[tokenizer.detokenize([ids]).numpy()[0].decode()] = ids
+        return sentences
+
+    first, second = targets(), targets()
+    assert set(first) == set(target)  # the text of every sentence, none lost
+    best = {text: tuple(ids) + (EOS_ID,) for text, ids in
+            zip(target, tokenizer.tokenize(target).to_list())}
+    assert sum(first[t] != best[t] for t in target) > len(target) // 2
+    assert set(second) == set(target)
+    assert sum(first[t] != second[t] for t in target) > len(target) // 2
+    assert sum(map(len, first.values())) > sum(map(len, best.values()))
+    with pytest.raises(ConfigError, match="sampling_alpha must be > 0"):
+        parse_config({"tokenizer": {"sampling_alpha": 0.0}})
+
+
 def test_tfds_source_goes_through_tfds_load():
     sentences = {"pt": ["olá mundo", "bom dia"], "en": ["hello world", "good morning"]}
 

@@ -84,12 +84,18 @@ class TokenizerConfig(_Validated):
     # SentencePiece learns from at most this many training sentences (both languages),
     # a random sample seeded by training.seed, streamed from the corpus.
     sample_sentences: int = 2_000_000
+    # Subword regularization (Kudo 2018): training reads each sentence in a segmentation
+    # sampled afresh every epoch, probabilities to this power (SubwordTokenizer.sampler):
+    # the smaller, the finer and more varied (more tokens an epoch: the plan prints them).
+    # null: the best segmentation always. Validation and translation always use the best.
+    sampling_alpha: Optional[float] = None
 
     # The vocabulary must hold more than the special tokens.
     RULES: ClassVar[dict] = {
         "vocab_size": (lambda value: value > SPECIAL_TOKENS,
                        f"> {SPECIAL_TOKENS} (the special tokens pad, unk, bos, eos)"),
-        "sample_sentences": (lambda value: value > 100, "> 100 (SentencePiece's minimum)")}
+        "sample_sentences": (lambda value: value > 100, "> 100 (SentencePiece's minimum)"),
+        "sampling_alpha": (lambda value: value > 0, "> 0")}
 
 
 @dataclasses.dataclass

@@ -20,11 +20,12 @@ __all__ = ["bucket_boundaries", "epoch_size", "make_batches", "tokenize_pairs",
            "with_known_length", "worker_shard"]
 
 
-def tokenize_pairs(pairs, tokenizer, max_length):
-    """Tokenize string pairs in chunks; drop pairs longer than `max_length` or empty."""
+def tokenize_pairs(pairs, tokenize, max_length):
+    """Tokenize string pairs in chunks with `tokenize` (strings `[n]` → ragged ids);
+    drop pairs longer than `max_length` or empty."""
 
     def encode(source, target):
-        return tokenizer.tokenize(source), tokenizer.tokenize(target)
+        return tokenize(source), tokenize(target)
 
     def fits(source, target):
         source_len, target_len = tf.shape(source)[0], tf.shape(target)[0]
@@ -47,7 +48,7 @@ def bucket_boundaries(max_length, smallest=8, growth=1.3):
 
 
 def make_batches(pairs, tokenizer, batch_tokens=4096, max_length=128, shuffle_buffer=None,
-                 cache=True, seed=None, repeat=False):
+                 cache=True, seed=None, repeat=False, sampling_alpha=None):
     """Token-budget batches `((source_ids, target_in), target_out)` for `model.fit`.
 
     `target_in` is `[bos] + target` and `target_out` is `target + [eos]`. Sentences are
@@ -56,14 +57,15 @@ def make_batches(pairs, tokenizer, batch_tokens=4096, max_length=128, shuffle_bu
     shuffles sentences before bucketing (training); None keeps the order. `repeat`
     makes the stream endless (a fresh shuffle each pass): `fit` then takes
     `steps_per_epoch` steps an epoch and never runs out of data mid-epoch.
+    `sampling_alpha` tokenizes every pass afresh with a sampled segmentation a sentence
+    (`SubwordTokenizer.sampler`); `cache` then keeps the strings instead of the ids.
     """
-    tokens = tokenize_pairs(pairs, tokenizer, max_length)
-    if cache:
-        tokens = tokens.cache()
-    if shuffle_buffer:
-        tokens = tokens.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        tokens = tokens.repeat()
+    if sampling_alpha is None:  # tokenize once, then cache, shuffle and repeat the ids
+        tokens = tokenize_pairs(pairs, tokenizer.tokenize, max_length)
+        tokens = _order(tokens, cache, shuffle_buffer, seed, repeat)
+    else:
+        tokens = tokenize_pairs(_order(pairs, cache, shuffle_buffer, seed, repeat),
+                                tokenizer.sampler(sampling_alpha), max_length)
 
     def teacher_forcing(source, target):
         bos, eos = tf.constant([BOS_ID], tf.int32), tf.constant([EOS_ID], tf.int32)
@@ -81,6 +83,14 @@ def make_batches(pairs, tokenizer, batch_tokens=4096, max_length=128, shuffle_bu
     return batches.map(
         lambda source, target_in, target_out: ((source, target_in), target_out)
     ).prefetch(tf.data.AUTOTUNE)
+
+
+def _order(dataset, cache, shuffle_buffer, seed, repeat):
+    if cache:
+        dataset = dataset.cache()
+    if shuffle_buffer:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    return dataset.repeat() if repeat else dataset
 
 
 def with_known_length(batches):

@@ -174,7 +174,8 @@ def train(config, run_dir, verbose="auto", force=False):
         corpus.split_pairs(config.data, "train", seed=seed, num_workers=num_workers,
                            worker_index=worker_index),
         shuffle_buffer=config.training.shuffle_buffer, seed=seed, repeat=True,
-        cache=corpus.cache_tokens(config.data), **batches).skip(taken - reseed)
+        cache=corpus.cache_tokens(config.data), sampling_alpha=config.tokenizer.sampling_alpha,
+        **batches).skip(taken - reseed)
     valid_data = with_known_length(make_batches(corpus.split_pairs(config.data, "valid"),
                                                 **batches))
 
@@ -366,8 +367,11 @@ def _epochs(config, batches, num_workers):
     if training.steps_per_epoch:
         steps_per_epoch, tokens_per_epoch = training.steps_per_epoch, None
     else:
-        steps, tokens_per_epoch = epoch_size(
-            make_batches(corpus.split_pairs(config.data, "train"), cache=False, **batches))
+        # With sampled segmentations this pass samples too: an epoch is then about one
+        # pass over the split in the longer sampled sentences.
+        steps, tokens_per_epoch = epoch_size(make_batches(
+            corpus.split_pairs(config.data, "train"), cache=False,
+            sampling_alpha=config.tokenizer.sampling_alpha, **batches))
         steps_per_epoch = max(1, steps // num_workers)
     # max_steps counts optimizer updates, each of accumulate_batches batches (fit steps).
     epochs = (math.ceil(training.max_steps * training.accumulate_batches / steps_per_epoch)
