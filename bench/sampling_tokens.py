@@ -39,10 +39,10 @@ def main():
     rows = []
     for alpha in args.alpha:
         sampled = tokenizer.sampler(alpha)(sentences)
+        tokens = int(sampled.flat_values.shape[0])
         changed = sum(a != b for a, b in zip(sampled.to_list(), best_rows))
-        rows.append({"alpha": alpha, "tokens": int(sampled.flat_values.shape[0]),
-                     "more_tokens_percent": round(
-                         100 * (int(sampled.flat_values.shape[0]) / best_tokens - 1), 1),
+        rows.append({"alpha": alpha, "tokens": tokens,
+                     "more_tokens_percent": round(100 * (tokens / best_tokens - 1), 1),
                      "sentences_resegmented_percent": round(100 * changed / len(sentences), 1)})
         print(f"α {alpha}: {rows[-1]['more_tokens_percent']:+.1f} % tokens, "
               f"{rows[-1]['sentences_resegmented_percent']:.1f} % of sentences resegmented")

@@ -69,9 +69,9 @@ def main():
     rows = []
     env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true", TF_CPP_MIN_LOG_LEVEL="2")
     for setting in SETTINGS * args.rounds:
-        done = subprocess.run([sys.executable, __file__, "--run", args.run, "--child",
-                               json.dumps(dict(setting, saved_model=args.saved_model))], env=env, capture_output=True, text=True,
-                              check=True)
+        child = json.dumps(dict(setting, saved_model=args.saved_model))
+        done = subprocess.run([sys.executable, __file__, "--run", args.run, "--child", child],
+                              env=env, capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     flags = open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0].split()
