@@ -16,7 +16,9 @@ with --run (most of it the CT2 sweep and our beam-4 passes).
    batch 1 / 32, source ids `random_source_ids(8000, batch, 16, seed)`, exactly 64 decoder
    steps (ours: 63 tokens then the eos forced at the budget, checked; CT2: min = max length
    64), so no length penalty matters. ms, median of --rounds rounds of median-of-5 after a
-   warm-up call. Ours float32: `decode.our_decoders(model, 64)` (XLA). Ours int8: the same
+   warm-up call. Ours float32: `decode.our_decoders(model, 64)` (XLA) with 1 and with 2
+   intra-op threads, each in a fresh process loading the model saved as .keras (threads
+   are set once a process; the table shows the faster per cell). Ours int8: the same
    model through `convert_tflite(quantize="int8")`, `greedy_ids` / `translate_ids` in LiteRT
    with 1 and with 2 threads (the table shows the faster per cell, the JSON both). CT2:
    every `ctranslate2_peer.SETTINGS` ({float32, int8} x {1, 2 threads} x OMP_WAIT_POLICY
@@ -61,7 +63,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import ctranslate2_peer as ct2  # noqa: E402
 
-SOURCE_LENGTH, BEAMS, LITERT_THREADS, SEED = 16, (1, 4), (1, 2), 0
+SOURCE_LENGTH, BEAMS, SEED = 16, (1, 4), 0
+LITERT_THREADS = OURS_THREADS = (1, 2)
 SIGNATURES = {1: "greedy_ids", 4: "translate_ids"}  # the .tflite's signature per beam size
 FULL = dict(batches=(1, 32), new_tokens=64, rounds=3, sentences=None, batch1_sentences=100)
 SMOKE = dict(batches=(1, 2), new_tokens=8, rounds=2, sentences=20, batch1_sentences=20)
@@ -173,6 +176,49 @@ def int8_tflite(model, tokenizer, path, new_tokens):
     return path
 
 
+def xla_cells(model, preset, rounds, tmp):
+    """{threads: {(batch, beam): ms}} of our float32 XLA decoders, per OURS_THREADS, each
+    thread count in a fresh process (`--ours-child`) on `model` saved to `tmp`.
+
+    At batch 1 a second intra-op thread costs XLA more in hand-offs than it computes (beam 4:
+    83 ms on 2 threads, 69 on 1, at 0948186), as it does LiteRT, so both are timed."""
+    import subprocess
+
+    path = os.path.join(tmp, "synthetic.keras")
+    model.save(path)
+    cells = {}
+    for threads in OURS_THREADS:
+        child = json.dumps(dict(model=path, threads=threads, rounds=rounds,
+                                batches=preset["batches"], new_tokens=preset["new_tokens"]))
+        done = subprocess.run([sys.executable, os.path.abspath(__file__), "--ours-child", child],
+                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"ours float32, {threads_label(threads)}: {done.stderr[-2000:]}")
+        print(done.stdout.rstrip(), flush=True)
+        rows = json.loads(done.stdout.strip().splitlines()[-1])
+        cells[threads] = {(r["batch"], r["beam"]): r["ms"] for r in rows}
+    return cells
+
+
+def _ours_child(spec):
+    """The child of `xla_cells`: one thread count's cells, the last line of stdout as JSON."""
+    import keras
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(spec["threads"])
+    import decode
+
+    model = keras.saving.load_model(spec["model"])
+    xla = decode.our_decoders(model, spec["new_tokens"])
+    preset = dict(batches=spec["batches"], new_tokens=spec["new_tokens"])
+    cells = time_cells({b: lambda ids, f=xla[name]: f(tf.constant(ids)).numpy() for b, name in
+                        ((1, "greedy, cached, XLA"), (4, "beam 4, cached, XLA"))},
+                       preset, model.config.vocab_size, spec["rounds"],
+                       f"ours float32 XLA, {threads_label(spec['threads'])}")
+    print(json.dumps([dict(batch=b, beam=k, ms=ms) for (b, k), ms in cells.items()]))
+
+
 def litert_cells(model, tokenizer, path, preset, rounds):
     """{threads: {(batch, beam): ms}} of the model's int8 .tflite in LiteRT, per LITERT_THREADS.
 
@@ -233,10 +279,7 @@ def synthetic(args, preset, rounds, tmp, previous):
         rows = old["ct2_rows"]
     dirs, checks = convert_and_check(model, tokenizer, tmp, "synthetic",
                                      ct2.random_source_ids(vocab, 8, SOURCE_LENGTH, SEED + 1))
-    xla = decode.our_decoders(model, new_tokens)
-    ours = time_cells({b: lambda ids, f=xla[name]: f(tf.constant(ids)).numpy() for b, name in
-                       ((1, "greedy, cached, XLA"), (4, "beam 4, cached, XLA"))},
-                      preset, vocab, rounds, "ours float32 XLA")
+    ours = xla_cells(model, preset, rounds, tmp)
     litert = litert_cells(model, tokenizer, os.path.join(tmp, "s.int8.tflite"), preset, rounds)
     rows = rows or ct2_sweep(dirs, preset, rounds)
     best = {q: ct2.best(rows, q) for q in dirs}
@@ -244,11 +287,15 @@ def synthetic(args, preset, rounds, tmp, previous):
     for batch in preset["batches"]:
         for beam in BEAMS:
             f32, i8 = best["float32"][batch, beam], best["int8"][batch, beam]
-            mine = ours[batch, beam]
+            mine_by_threads = {t: ours[t][batch, beam] for t in OURS_THREADS}
+            mine_threads = min(mine_by_threads, key=mine_by_threads.get)
+            mine = mine_by_threads[mine_threads]
             by_threads = {t: litert[t][batch, beam] for t in LITERT_THREADS}
             lite_threads = min(by_threads, key=by_threads.get)
             lite = by_threads[lite_threads]
             cells.append(dict(batch=batch, beam_size=beam, ours_float32_xla_ms=mine,
+                              ours_float32_xla_threads=mine_threads,
+                              ours_float32_xla_ms_by_threads=mine_by_threads,
                               ours_int8_litert_ms=lite, ours_int8_litert_threads=lite_threads,
                               ours_int8_litert_ms_by_threads=by_threads,
                               ct2_float32_best=f32, ct2_int8_best=i8,
@@ -272,8 +319,8 @@ def markdown(results):
     lines = [f"CPU: {cpu['model']}, {cpu['cores']} cores; flags: {flags}.", "",
              (f"Same weights, same tokens: {s['model']}, vocab {s['vocab']}, random weights; "
               f"source length {s['source_length']}, exactly {s['new_tokens']} decoder steps; "
-              f"ms, median of {results['rounds']} rounds of median-of-5. LiteRT: the "
-              "faster of 1 or 2 threads, per cell. CT2: the best of 1 or 2 threads x "
+              f"ms, median of {results['rounds']} rounds of median-of-5. Ours (XLA and "
+              "LiteRT): the faster of 1 or 2 threads, per cell. CT2: the best of 1 or 2 threads x "
               "OMP_WAIT_POLICY default or ACTIVE, per cell. Ratios: ours / CT2 time (at most "
               "1 meets the goal); fastest: the faster of ours float32 and int8."), "",
              ("| batch | search | ours float32 XLA | ours int8 LiteRT | CT2 float32 best "
@@ -284,6 +331,7 @@ def markdown(results):
         search = "greedy" if c["beam_size"] == 1 else f"beam {c['beam_size']}"
         lines.append(
             f"| {c['batch']} | {search} | {_ms(c['ours_float32_xla_ms'])} "
+            f"({threads_label(c.get('ours_float32_xla_threads', 2))}) "
             f"| {_ms(c['ours_int8_litert_ms'])} "
             f"({threads_label(c['ours_int8_litert_threads'])}) "
             f"| {_ms(f32['ms'])} ({setting_label(f32)}) "
@@ -315,7 +363,11 @@ def main(argv=None):
                         help="tiny model, batch 1 and 2, 8 tokens, 20 sentences: a check only")
     parser.add_argument("--out", help="default bench/results/vs_ctranslate2.json "
                                       "(--smoke: /tmp/vs_ctranslate2.smoke.json)")
+    parser.add_argument("--ours-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.ours_child:
+        _ours_child(json.loads(args.ours_child))
+        return
     preset = SMOKE if args.smoke else FULL
     rounds = args.rounds or preset["rounds"]
     args.out = args.out or ("/tmp/vs_ctranslate2.smoke.json" if args.smoke
@@ -328,7 +380,7 @@ def main(argv=None):
     import tensorflow as tf
 
     results = dict(cpu=cpu_info(), smoke=args.smoke, rounds=rounds,
-                   litert_threads=list(LITERT_THREADS),
+                   litert_threads=list(LITERT_THREADS), ours_threads=list(OURS_THREADS),
                    versions=dict(tensorflow=tf.__version__, ctranslate2=ctranslate2.__version__,
                                  ai_edge_litert=version("ai-edge-litert")))
     print(json.dumps(results["cpu"]), flush=True)
