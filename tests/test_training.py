@@ -240,6 +240,25 @@ def test_average_with_the_current_weights_is_the_mean_and_keeps_the_optimizer(ti
         np.testing.assert_array_equal(variable.numpy(), value)
 
 
+def test_decoding_sweep_max_extra_length_bounds_each_translation(tiny_run):
+    import sentencepiece as spm
+
+    from keras_transformer.training import corpus, decoding_sweep
+    from keras_transformer.training.evaluate import load_run
+
+    rows = list(decoding_sweep.sweep(tiny_run, [1], [2], [0.6], limit=16, extra_lengths=[0, 50]))
+    assert [r["max_extra_length"] for r in rows] == [0, 50]
+    pieces = spm.SentencePieceProcessor(model_file=os.path.join(tiny_run, "tokenizer.model"))
+    config, _, _ = load_run(tiny_run)
+    sources, _ = corpus.split_lines(config.data, "valid")
+    # With 0 extra tokens a translation, eos included, has at most its source's pieces; a
+    # word starts with a piece, so it has fewer words than the source has pieces.
+    lengths = [(len(h.split()), len(pieces.encode(s)))
+               for h, s in zip(rows[0]["hypotheses"], sources[:16])]
+    assert all(words < source for words, source in lengths)
+    assert sum(len(h) for h in rows[1]["hypotheses"]) > sum(len(h) for h in rows[0]["hypotheses"])
+
+
 def test_decoding_sweep_scores_validation_like_evaluate(tiny_run, tmp_path, capsys):
     from keras_transformer.training import decoding_sweep
 
@@ -263,6 +282,11 @@ def test_decoding_sweep_scores_validation_like_evaluate(tiny_run, tmp_path, caps
         table = f.read()
     assert "| 2 | 4 | 0.6 | exact |" in table and "| 2 | 4 | 0.6 | first |" in table
     assert "--average 2 --limit 8" in table
+    assert decoding_sweep.main(["--run", tiny_run, "--average", "1", "--beam", "2", "--limit", "8",
+                                "--max-extra-length", "0", "50", "--out", out]) == 0
+    with open(out + ".results.md", encoding="utf-8") as f:
+        table = f.read()
+    assert "| 1 | 2 | 0.6 | exact | 0 |" in table and "| 1 | 2 | 0.6 | exact | 50 |" in table
     assert decoding_sweep.main(["--run", tiny_run, "--average", "999", "--out", out]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--average 999" in err

@@ -1,5 +1,5 @@
 """Decoding-side recipe search on the validation split: checkpoints averaged, beam, α,
-when beam search stops.
+when beam search stops, how many tokens past the source length a translation may run.
 
     python -m keras_transformer.training.decoding_sweep --run runs/multi30k_en_de \
         --average 1 5 10 --beam 4 6 --alpha 0.6 1.0 \
@@ -8,7 +8,7 @@ when beam search stops.
 A trained run keeps every checkpoint, so how many to average (§6.1) and how to search
 (§6.1: beam 4, α 0.6) can be chosen after training without training again. For each K
 the model is the mean of the run's last K checkpoints (K=1: the last alone); every
-(beam, α, stopping) then translates the validation split (never the test set) and is scored with
+(beam, α, stopping, max extra length) then translates the validation split (never the test set) and is scored with
 sacreBLEU. Rows go to `OUT.results.jsonl` and a table with the command to
 `OUT.results.md`. Decoding seconds are wall time (XLA compilations
 included) with whatever else runs: a cost hint, not a benchmark.
@@ -30,8 +30,10 @@ from keras_transformer.training.config import RunError
 from keras_transformer.training.evaluate import bleu, load_run, other_scores
 
 
-def sweep(run_dir, averages, beams, alphas, split="valid", limit=None, stoppings=("exact",)):
-    """Yield one row (dict) per (K, beam, α, stopping); K counts the run's last checkpoints.
+def sweep(run_dir, averages, beams, alphas, split="valid", limit=None, stoppings=("exact",),
+          extra_lengths=None):
+    """Yield one row (dict) per (K, beam, α, stopping, max_extra_length); K counts the
+    run's last checkpoints; `extra_lengths` None: the run's config's alone.
 
     A row holds the scores and the `hypotheses` themselves (`main` writes all but those).
     """
@@ -42,17 +44,20 @@ def sweep(run_dir, averages, beams, alphas, split="valid", limit=None, stoppings
     if too_many:
         raise RunError(f"--average {too_many[0]}: {run_dir} has {len(paths)} checkpoints")
     config, model, tokenizer = load_run(run_dir, checkpoint="latest")
-    translators = {stopping: TextTranslator(model, tokenizer,
-                                            config.evaluation.decoding_options(stopping=stopping))
-                   for stopping in stoppings}
+    extra_lengths = extra_lengths or [config.evaluation.max_extra_length]
+    translators = {(stopping, extra): TextTranslator(model, tokenizer, config.evaluation
+                                                     .decoding_options(stopping=stopping,
+                                                                       max_extra_length=extra))
+                   for stopping, extra in itertools.product(stoppings, extra_lengths)}
     sources, references = corpus.split_lines(config.data, split)
     if limit:
         sources, references = sources[:limit], references[:limit]
     for k in averages:
         average_checkpoints(model, paths[-k:])  # the compiled decoders read these variables
         for beam in beams:
-            for alpha, stopping in itertools.product(alphas, stoppings):
-                def translate(batch, beam=beam, alpha=alpha, translator=translators[stopping]):
+            for alpha, (stopping, extra) in itertools.product(alphas, translators):
+                def translate(batch, beam=beam, alpha=alpha,
+                              translator=translators[stopping, extra]):
                     return translator.translate(batch, beam, alpha).numpy()
 
                 started = time.perf_counter()
@@ -61,7 +66,8 @@ def sweep(run_dir, averages, beams, alphas, split="valid", limit=None, stoppings
                 seconds = time.perf_counter() - started
                 result, _ = bleu(hypotheses, references)
                 yield {"average": k, "checkpoints": [os.path.basename(p) for p in paths[-k:]],
-                       "beam": beam, "alpha": alpha, "stopping": stopping, "split": split,
+                       "beam": beam, "alpha": alpha, "stopping": stopping,
+                       "max_extra_length": extra, "split": split,
                        "sentences": len(sources), "bleu": round(result.score, 2),
                        **other_scores(hypotheses, references),
                        "decode_seconds": round(seconds, 1), "hypotheses": hypotheses}
@@ -69,12 +75,12 @@ def sweep(run_dir, averages, beams, alphas, split="valid", limit=None, stoppings
 
 def write_table(rows, path, command):
     best = max(rows, key=lambda r: r["bleu"])
-    lines = ["| checkpoints averaged | beam | α | stopping | val BLEU | lowercased | decode s |",
-             "|---:|---:|---:|---|---:|---:|---:|"]
+    lines = ["| checkpoints averaged | beam | α | stopping | max extra length | val BLEU "
+             "| lowercased | decode s |", "|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         mark = "**" if r is best else ""
         lines.append(f"| {r['average']} | {r['beam']} | {r['alpha']} | {r['stopping']} | "
-                     f"{mark}{r['bleu']:.2f}{mark} | {r['bleu_lowercase']:.2f} | "
+                     f"{r.get('max_extra_length', 50)} | {mark}{r['bleu']:.2f}{mark} | {r['bleu_lowercase']:.2f} | "
                      f"{r['decode_seconds']:.1f} |")
     lines += ["", f"Command: `{command}` ({rows[0]['sentences']} {rows[0]['split']} "
                   f"sentences, cased sacreBLEU 13a)."]
@@ -91,6 +97,9 @@ def main(argv=None):
     parser.add_argument("--alpha", type=float, nargs="+", default=[0.6])
     parser.add_argument("--stopping", nargs="+", default=["exact"], choices=STOPPING,
                         help="when beam search stops a sentence (DecodingOptions.stopping)")
+    parser.add_argument("--max-extra-length", type=int, nargs="+",
+                        help="tokens past the source length a translation may run "
+                             "(default: the run's evaluation.max_extra_length)")
     parser.add_argument("--limit", type=int, help="score only the first N sentences")
     parser.add_argument("--out", required=True, help="path stem of the result files")
     args = parser.parse_args(argv)
@@ -99,7 +108,7 @@ def main(argv=None):
     rows = []
     try:
         for row in sweep(args.run, args.average, args.beam, args.alpha, limit=args.limit,
-                         stoppings=args.stopping):
+                         stoppings=args.stopping, extra_lengths=args.max_extra_length):
             del row["hypotheses"]
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items()
