@@ -180,8 +180,9 @@ def xla_cells(model, preset, rounds, tmp):
     """{threads: {(batch, beam): ms}} of our float32 XLA decoders, per OURS_THREADS, each
     thread count in a fresh process (`--ours-child`) on `model` saved to `tmp`.
 
-    At batch 1 a second intra-op thread costs XLA more in hand-offs than it computes (beam 4:
-    83 ms on 2 threads, 69 on 1, at 0948186), as it does LiteRT, so both are timed."""
+    At batch 1 a second intra-op thread can cost XLA as much in hand-offs as it computes, as
+    it does LiteRT (batch 1, beam 4: 83 ms on 2 threads, 69 on 1 in a probe at 0948186; level
+    in ea37876's run), so both are timed."""
     import subprocess
 
     path = os.path.join(tmp, "synthetic.keras")

@@ -240,23 +240,36 @@ def test_average_with_the_current_weights_is_the_mean_and_keeps_the_optimizer(ti
         np.testing.assert_array_equal(variable.numpy(), value)
 
 
-def test_decoding_sweep_max_extra_length_bounds_each_translation(tiny_run):
-    import sentencepiece as spm
+def test_decoding_sweep_max_extra_length_bounds_each_translation(tiny_run, tmp_path):
+    import shutil
 
+    import sentencepiece as spm
+    import tensorflow as tf
+
+    from keras_transformer.tokenizer import EOS_ID
     from keras_transformer.training import corpus, decoding_sweep
     from keras_transformer.training.evaluate import load_run
 
-    rows = list(decoding_sweep.sweep(tiny_run, [1], [2], [0.6], limit=16, extra_lengths=[0, 50]))
-    assert [r["max_extra_length"] for r in rows] == [0, 50]
-    pieces = spm.SentencePieceProcessor(model_file=os.path.join(tiny_run, "tokenizer.model"))
-    config, _, _ = load_run(tiny_run)
+    # A copy of the run whose newest checkpoint never ends a sentence by itself (eos's
+    # tied embedding row zeroed: its logit stays 0), so every translation runs to its limit.
+    run = str(tmp_path / "run")
+    shutil.copytree(tiny_run, run)
+    config, model, _ = load_run(run, checkpoint="latest")
+    table = model.source_embedding.embeddings
+    table.assign(tf.tensor_scatter_nd_update(table, [[EOS_ID]], tf.zeros([1, table.shape[1]])))
+    model.save_weights(os.path.join(run, "checkpoints", "ckpt-e999-b000000.weights.h5"))
+
+    rows = list(decoding_sweep.sweep(run, [1], [2], [0.6], limit=16, extra_lengths=[0, 3]))
+    assert [r["max_extra_length"] for r in rows] == [0, 3]
+    pieces = spm.SentencePieceProcessor(model_file=os.path.join(run, "tokenizer.model"))
     sources, _ = corpus.split_lines(config.data, "valid")
-    # With 0 extra tokens a translation, eos included, has at most its source's pieces; a
-    # word starts with a piece, so it has fewer words than the source has pieces.
-    lengths = [(len(h.split()), len(pieces.encode(s)))
-               for h, s in zip(rows[0]["hypotheses"], sources[:16])]
-    assert all(words < source for words, source in lengths)
-    assert sum(len(h) for h in rows[1]["hypotheses"]) > sum(len(h) for h in rows[0]["hypotheses"])
+    for row, extra in zip(rows, (0, 3)):
+        # A translation, eos included, has at most its source's pieces + extra; a word
+        # starts with a piece, so it has fewer words than that.
+        lengths = [(len(h.split()), len(pieces.encode(s)) + extra)
+                   for h, s in zip(row["hypotheses"], sources[:16])]
+        assert all(words < limit for words, limit in lengths), (extra, lengths)
+    assert sum(map(len, rows[1]["hypotheses"])) > sum(map(len, rows[0]["hypotheses"]))
 
 
 def test_decoding_sweep_scores_validation_like_evaluate(tiny_run, tmp_path, capsys):
