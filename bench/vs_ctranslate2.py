@@ -6,7 +6,7 @@
 
 Writes bench/results/vs_ctranslate2.json (--smoke: /tmp/vs_ctranslate2.smoke.json) with the
 CPU model and flags (avx2, avx512f, avx512_bf16, amx*, avx512_vnni, avx_vnni), on which
-CTranslate2's kernels depend. Estimated time on an idle 2-core machine: ~8 min, ~13 min
+CTranslate2's kernels depend. Estimated time on an idle 2-core machine: ~10 min, ~16 min
 with --run (most of it the CT2 sweep and our beam-4 passes).
 
 1. Same weights, same tokens: bench/decode.py's model ("small" preset, vocab 8000, random
