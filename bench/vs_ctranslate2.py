@@ -181,8 +181,8 @@ def xla_cells(model, preset, rounds, tmp):
     thread count in a fresh process (`--ours-child`) on `model` saved to `tmp`.
 
     At batch 1 a second intra-op thread can cost XLA as much in hand-offs as it computes, as
-    it does LiteRT (batch 1, beam 4: 83 ms on 2 threads, 69 on 1 in a probe at 0948186; level
-    in ea37876's run), so both are timed."""
+    it does LiteRT (batch 1, beam 4 in ea37876's run: 85.2 ms on 1 thread, 84.5 on 2), so
+    both are timed."""
     import subprocess
 
     path = os.path.join(tmp, "synthetic.keras")
@@ -332,7 +332,7 @@ def markdown(results):
         search = "greedy" if c["beam_size"] == 1 else f"beam {c['beam_size']}"
         lines.append(
             f"| {c['batch']} | {search} | {_ms(c['ours_float32_xla_ms'])} "
-            f"({threads_label(c.get('ours_float32_xla_threads', 2))}) "
+            f"({threads_label(c['ours_float32_xla_threads'])}) "
             f"| {_ms(c['ours_int8_litert_ms'])} "
             f"({threads_label(c['ours_int8_litert_threads'])}) "
             f"| {_ms(f32['ms'])} ({setting_label(f32)}) "

@@ -8,8 +8,8 @@ when beam search stops, how many tokens past the source length a translation may
 A trained run keeps every checkpoint, so how many to average (§6.1) and how to search
 (§6.1: beam 4, α 0.6) can be chosen after training without training again. For each K
 the model is the mean of the run's last K checkpoints (K=1: the last alone); every
-(beam, α, stopping, max extra length) then translates the validation split (never the test set) and is scored with
-sacreBLEU. Rows go to `OUT.results.jsonl` and a table with the command to
+(beam, α, stopping, max extra length) then translates the validation split (never the test
+set) and is scored with sacreBLEU. Rows go to `OUT.results.jsonl` and a table with the command to
 `OUT.results.md`. Decoding seconds are wall time (XLA compilations
 included) with whatever else runs: a cost hint, not a benchmark.
 """
@@ -80,8 +80,8 @@ def write_table(rows, path, command):
     for r in rows:
         mark = "**" if r is best else ""
         lines.append(f"| {r['average']} | {r['beam']} | {r['alpha']} | {r['stopping']} | "
-                     f"{r.get('max_extra_length', 50)} | {mark}{r['bleu']:.2f}{mark} | {r['bleu_lowercase']:.2f} | "
-                     f"{r['decode_seconds']:.1f} |")
+                     f"{r['max_extra_length']} | {mark}{r['bleu']:.2f}{mark} | "
+                     f"{r['bleu_lowercase']:.2f} | {r['decode_seconds']:.1f} |")
     lines += ["", f"Command: `{command}` ({rows[0]['sentences']} {rows[0]['split']} "
                   f"sentences, cased sacreBLEU 13a)."]
     with open(path, "w", encoding="utf-8") as f:
