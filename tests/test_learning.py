@@ -98,3 +98,48 @@ def test_a_moved_cosine_end_reaches_the_compiled_train_step(jit_compile):
     assert after[2:] == [0.0] * 8 and after[0] > 0
     np.testing.assert_allclose(-model.get_weights()[0].item(), sum(before) + sum(after),
                                rtol=1e-5)
+
+
+def test_weight_decay_from_the_config_shrinks_matrices_but_not_biases_or_norms():
+    """`training.weight_decay` reaches the optimizer `train` builds: a zero-gradient update at
+    the peak rate scales every weight matrix and the embeddings by 1 - wd x rate and leaves
+    the biases and layer-norm parameters of the real model as they were."""
+    import types
+
+    import tensorflow as tf
+
+    from keras_transformer.training.config import parse_config
+    from keras_transformer.training.train import build_model
+
+    config = parse_config({"model": {"preset": "tiny"},
+                           "training": {"weight_decay": 0.1, "warmup_steps": 4,
+                                        "decay": "cosine"}})
+    model = build_model(config, types.SimpleNamespace(vocab_size=VOCAB),
+                        tf.distribute.get_strategy(), total_updates=100)
+    (source, target_in), _ = reverse_task(np.random.default_rng(0), 2)
+    model((source, target_in))
+    variables = model.trainable_variables
+    optimizer = model.optimizer
+    optimizer.build(variables)
+    optimizer.iterations.assign(4)  # the end of warm-up: the peak rate
+    rate = float(optimizer.learning_rate)
+    assert rate > 1e-4
+    before = [v.numpy() for v in variables]
+    optimizer.apply([tf.zeros_like(v) for v in variables], variables)
+    kept = {"bias": 0, "beta": 0, "gamma": 0}
+    decayed = 0
+    for variable, old in zip(variables, before):
+        excluded = [word for word in kept if word in variable.name]
+        if excluded:
+            kept[excluded[0]] += 1
+            np.testing.assert_array_equal(variable.numpy(), old, err_msg=variable.path)
+        else:
+            decayed += 1
+            np.testing.assert_allclose(variable.numpy(), old * (1 - 0.1 * rate), rtol=1e-6,
+                                       err_msg=variable.path)
+    assert decayed >= 10 and min(kept.values()) >= 2, (decayed, kept)
+
+    # The default (0) builds no decay at all.
+    plain = build_model(parse_config({"model": {"preset": "tiny"}}),
+                        types.SimpleNamespace(vocab_size=VOCAB), tf.distribute.get_strategy())
+    assert plain.optimizer.weight_decay is None

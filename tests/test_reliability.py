@@ -240,6 +240,8 @@ BAD_VALUES = [
     ("training", "accumulate_batches", -2),
     ("training", "accumulate_batches", 2.5),
     ("training", "accumulate_batches", "4"),
+    ("training", "weight_decay", -0.01),
+    ("training", "weight_decay", "0.1"),
 ]
 
 
@@ -343,6 +345,7 @@ BAD = {
     "vocab_size": ("tokenizer", st.one_of(st.integers(max_value=4), _not_numbers())),
     "max_length": ("data", _AT_LEAST_1),
     "accumulate_batches": ("training", _AT_LEAST_1),
+    "weight_decay": ("training", st.one_of(st.floats(max_value=-1e-9), _not_numbers())),
 }
 
 

@@ -111,6 +111,10 @@ class TrainingConfig(_Validated):
     accumulate_batches: int = 1
     warmup_steps: int = 4000
     learning_rate_scale: float = 1.0
+    # Decoupled weight decay (not in the paper): every update also shrinks the weight
+    # matrices and embeddings by weight_decay x the learning rate (biases and layer norms
+    # excepted; keras_transformer/schedules.py, paper_optimizer). 0: off.
+    weight_decay: float = 0.0
     # After warm-up: inverse_sqrt (the paper's eq. 3) or cosine, a decay to zero at the
     # run's last update (epochs x steps per epoch, or max_steps). A time budget that stops
     # the run first leaves the cosine short of zero.
@@ -153,6 +157,7 @@ class TrainingConfig(_Validated):
         "epochs": at_least(1), "batch_tokens": at_least(1), "warmup_steps": at_least(1),
         "accumulate_batches": at_least(1),
         "learning_rate_scale": (lambda value: value > 0, "> 0"),
+        "weight_decay": at_least(0),
         "decay": one_of("inverse_sqrt", "cosine"),
         "shuffle_buffer": at_least(0), "strategy": one_of(*STRATEGIES),
         "resume": one_of("exact", "reshuffle"),

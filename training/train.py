@@ -88,7 +88,7 @@ def build_model(config, tokenizer, strategy, total_updates=None):
         model = Transformer(model_config, dtype=dtype)
         optimizer = paper_optimizer(model_config.d_model, training.warmup_steps,
                                     training.learning_rate_scale, training.decay,
-                                    total_updates)
+                                    total_updates, weight_decay=training.weight_decay)
         if dtype == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(
