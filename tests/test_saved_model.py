@@ -139,6 +139,22 @@ def test_cli_writes_an_attention_png(exported, tmp_path):
     assert cli.main(["attention", "--model", path + "-missing", "--out", out, "x"]) == 2
 
 
+def test_cli_attention_console_is_quiet(exported, tmp_path):
+    """In a fresh process (TensorFlow logs some C++ notes once a process): the attention
+    signature's first call logs a oneDNN fallback note as an error; the command shows only
+    its translation and the file it wrote."""
+    path, _ = exported
+    out = tmp_path / "cross.png"
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_transformer.cli", "attention", "--model", path,
+         "--out", str(out), SENTENCES[0]], capture_output=True, text=True, timeout=300,
+        env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr == "", result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == f"wrote {out}"
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_cli_translates_arguments_and_files(exported, tmp_path, capsys):
     from keras_transformer import cli
 
