@@ -36,13 +36,16 @@ def build_model():
     return model
 
 
-def our_decoders(model, new_tokens):
+def our_decoders(model, new_tokens, weights="float32"):
+    """{name: compiled decoder}; `weights` of the cached ones ("float32" or "int8")."""
     extra = new_tokens - SOURCE_LENGTH  # budget = source length + extra = new_tokens
     return {
         "greedy, cached, XLA": tf.function(
-            lambda s: decoding.greedy_decode(model, s, new_tokens, extra)[0], jit_compile=True),
+            lambda s: decoding.greedy_decode(model, s, new_tokens, extra, weights=weights)[0],
+            jit_compile=True),
         "beam 4, cached, XLA": tf.function(
-            lambda s: decoding.beam_search(model, s, new_tokens, 4, 0.6, extra)[0],
+            lambda s: decoding.beam_search(model, s, new_tokens, 4, 0.6, extra,
+                                           weights=weights)[0],
             jit_compile=True),
         "greedy, no cache, graph": tf.function(
             lambda s: decoding.greedy_decode_uncached(model, s, new_tokens, extra)),

@@ -18,13 +18,14 @@ with --run (most of it the CT2 sweep and our beam-4 passes).
    64), so no length penalty matters. ms, median of --rounds rounds of median-of-5 after a
    warm-up call. Ours float32: `decode.our_decoders(model, 64)` (XLA) with 1 and with 2
    intra-op threads, each in a fresh process loading the model saved as .keras (threads
-   are set once a process; the table shows the faster per cell). Ours int8: the same
+   are set once a process; the table shows the faster per cell). Ours int8 XLA: the same
+   with `weights="int8"` (`keras_transformer.quantization`). Ours int8 LiteRT: the same
    model through `convert_tflite(quantize="int8")`, `greedy_ids` / `translate_ids` in LiteRT
    with 1 and with 2 threads (the table shows the faster per cell, the JSON both). CT2:
    every `ctranslate2_peer.SETTINGS` ({float32, int8} x {1, 2 threads} x OMP_WAIT_POLICY
    {default, ACTIVE}) in a fresh process; the table shows the best setting per cell, the
    JSON all rows. Ratios are times, ours / CT2: at most 1 meets the issue's goal;
-   "ours fastest" is the faster of our float32 XLA and int8 LiteRT.
+   "ours fastest" is the fastest of our float32 XLA, int8 XLA and int8 LiteRT.
 2. Real text (--run RUN, a `keras-transformer train` directory with model.keras,
    tokenizer.model, saved_model/, model.int8.tflite; bench/vs_ctranslate2_text.py): the
    1,000 test_2016_flickr sentences, en->de, strings to strings, beam 4, batches of 32
@@ -35,7 +36,7 @@ with --run (most of it the CT2 sweep and our beam-4 passes).
    the Keras model in process with `stopping="first"` (a sentence stops at the first step
    whose best extension ends it; CT2 does so only without length penalty) and
    `stopping="full"` (once it holds beam_size finished hypotheses: CT2's rule with a length
-   penalty), steady state as (b). CT2 float32 and int8 in each of their settings, here also
+   penalty), steady state as (b), and with `weights="int8"` (exact stopping). CT2 float32 and int8 in each of their settings, here also
    two replicas of one thread decoding two batches at once (`FILE_SETTINGS`; the table
    shows the fastest, the JSON all), a fresh process each: `ct2_translate_file`, an untimed
    pass, then a timed one; model loading is reported apart. Target tokens: SentencePiece
@@ -176,9 +177,10 @@ def int8_tflite(model, tokenizer, path, new_tokens):
     return path
 
 
-def xla_cells(model, preset, rounds, tmp):
-    """{threads: {(batch, beam): ms}} of our float32 XLA decoders, per OURS_THREADS, each
-    thread count in a fresh process (`--ours-child`) on `model` saved to `tmp`.
+def xla_cells(model, preset, rounds, tmp, weights="float32"):
+    """{threads: {(batch, beam): ms}} of our XLA decoders with `weights` (float32 or int8),
+    per OURS_THREADS, each thread count in a fresh process (`--ours-child`) on `model`
+    saved to `tmp`.
 
     At batch 1 a second intra-op thread can cost XLA as much in hand-offs as it computes, as
     it does LiteRT (batch 1, beam 4 in ea37876's run: 85.2 ms on 1 thread, 84.5 on 2), so
@@ -186,16 +188,17 @@ def xla_cells(model, preset, rounds, tmp):
     import subprocess
 
     path = os.path.join(tmp, "synthetic.keras")
-    model.save(path)
+    if not os.path.exists(path):
+        model.save(path)
     cells = {}
     for threads in OURS_THREADS:
-        child = json.dumps(dict(model=path, threads=threads, rounds=rounds,
+        child = json.dumps(dict(model=path, threads=threads, rounds=rounds, weights=weights,
                                 batches=preset["batches"], new_tokens=preset["new_tokens"]))
         done = subprocess.run([sys.executable, os.path.abspath(__file__), "--ours-child", child],
                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
                               capture_output=True, text=True)
         if done.returncode:
-            raise RuntimeError(f"ours float32, {threads_label(threads)}: {done.stderr[-2000:]}")
+            raise RuntimeError(f"ours {weights}, {threads_label(threads)}: {done.stderr[-2000:]}")
         print(done.stdout.rstrip(), flush=True)
         rows = json.loads(done.stdout.strip().splitlines()[-1])
         cells[threads] = {(r["batch"], r["beam"]): r["ms"] for r in rows}
@@ -211,12 +214,12 @@ def _ours_child(spec):
     import decode
 
     model = keras.saving.load_model(spec["model"])
-    xla = decode.our_decoders(model, spec["new_tokens"])
+    xla = decode.our_decoders(model, spec["new_tokens"], spec["weights"])
     preset = dict(batches=spec["batches"], new_tokens=spec["new_tokens"])
     cells = time_cells({b: lambda ids, f=xla[name]: f(tf.constant(ids)).numpy() for b, name in
                         ((1, "greedy, cached, XLA"), (4, "beam 4, cached, XLA"))},
                        preset, model.config.vocab_size, spec["rounds"],
-                       f"ours float32 XLA, {threads_label(spec['threads'])}")
+                       f"ours {spec['weights']} XLA, {threads_label(spec['threads'])}")
     print(json.dumps([dict(batch=b, beam=k, ms=ms) for (b, k), ms in cells.items()]))
 
 
@@ -281,6 +284,7 @@ def synthetic(args, preset, rounds, tmp, previous):
     dirs, checks = convert_and_check(model, tokenizer, tmp, "synthetic",
                                      ct2.random_source_ids(vocab, 8, SOURCE_LENGTH, SEED + 1))
     ours = xla_cells(model, preset, rounds, tmp)
+    ours_int8 = xla_cells(model, preset, rounds, tmp, weights="int8")
     litert = litert_cells(model, tokenizer, os.path.join(tmp, "s.int8.tflite"), preset, rounds)
     rows = rows or ct2_sweep(dirs, preset, rounds)
     best = {q: ct2.best(rows, q) for q in dirs}
@@ -294,14 +298,22 @@ def synthetic(args, preset, rounds, tmp, previous):
             by_threads = {t: litert[t][batch, beam] for t in LITERT_THREADS}
             lite_threads = min(by_threads, key=by_threads.get)
             lite = by_threads[lite_threads]
+            int8_by_threads = {t: ours_int8[t][batch, beam] for t in OURS_THREADS}
+            int8_threads = min(int8_by_threads, key=int8_by_threads.get)
+            int8 = int8_by_threads[int8_threads]
+            paths = {"float32 XLA": mine, "int8 XLA": int8, "int8 LiteRT": lite}
             cells.append(dict(batch=batch, beam_size=beam, ours_float32_xla_ms=mine,
                               ours_float32_xla_threads=mine_threads,
                               ours_float32_xla_ms_by_threads=mine_by_threads,
+                              ours_int8_xla_ms=int8, ours_int8_xla_threads=int8_threads,
+                              ours_int8_xla_ms_by_threads=int8_by_threads,
+                              ours_fastest=min(paths, key=paths.get),
                               ours_int8_litert_ms=lite, ours_int8_litert_threads=lite_threads,
                               ours_int8_litert_ms_by_threads=by_threads,
                               ct2_float32_best=f32, ct2_int8_best=i8,
                               ratio_ours_fp32_vs_ct2_fp32=round(mine / f32["ms"], 2),
-                              ratio_ours_fastest_vs_ct2_int8=round(min(mine, lite) / i8["ms"], 2)))
+                              ratio_ours_fastest_vs_ct2_int8=round(min(paths.values())
+                                                                   / i8["ms"], 2)))
     return dict(model=described, vocab=vocab, source_length=SOURCE_LENGTH, new_tokens=new_tokens,
                 batches=list(preset["batches"]), check_equal=checks, cells=cells, ct2_rows=rows)
 
@@ -323,16 +335,19 @@ def markdown(results):
               f"ms, median of {results['rounds']} rounds of median-of-5. Ours (XLA and "
               "LiteRT): the faster of 1 or 2 threads, per cell. CT2: the best of 1 or 2 threads x "
               "OMP_WAIT_POLICY default or ACTIVE, per cell. Ratios: ours / CT2 time (at most "
-              "1 meets the goal); fastest: the faster of ours float32 and int8."), "",
-             ("| batch | search | ours float32 XLA | ours int8 LiteRT | CT2 float32 best "
-              "| CT2 int8 best | ours fp32 / CT2 fp32 | ours fastest / CT2 int8 |"),
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+              "1 meets the goal); fastest: the fastest of ours float32 XLA, int8 XLA and int8 "
+              "LiteRT."), "",
+             ("| batch | search | ours float32 XLA | ours int8 XLA | ours int8 LiteRT "
+              "| CT2 float32 best | CT2 int8 best | ours fp32 / CT2 fp32 "
+              "| ours fastest / CT2 int8 |"),
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for c in s["cells"]:
         f32, i8 = c["ct2_float32_best"], c["ct2_int8_best"]
         search = "greedy" if c["beam_size"] == 1 else f"beam {c['beam_size']}"
         lines.append(
             f"| {c['batch']} | {search} | {_ms(c['ours_float32_xla_ms'])} "
             f"({threads_label(c['ours_float32_xla_threads'])}) "
+            f"| {_ms(c['ours_int8_xla_ms'])} ({threads_label(c['ours_int8_xla_threads'])}) "
             f"| {_ms(c['ours_int8_litert_ms'])} "
             f"({threads_label(c['ours_int8_litert_threads'])}) "
             f"| {_ms(f32['ms'])} ({setting_label(f32)}) "

@@ -150,16 +150,16 @@ def ours_end_to_end(run_dir, source_file, sources):
     return rows
 
 
-def ours_other_stopping(config, model, tokenizer, sources, stopping):
+def ours_other_options(config, model, tokenizer, sources, **changes):
     """(hypotheses, seconds, extra) of the run's model in process, steady state, with
-    another `stopping` rule: "first" stops a sentence at the first step whose best
-    extension ends it (CTranslate2's early exit, which it takes only without a length
+    other decoding options: `stopping` "first" stops a sentence at the first step whose
+    best extension ends it (CTranslate2's early exit, which it takes only without a length
     penalty), "full" once it holds beam_size finished hypotheses (CTranslate2's rule with
-    a length penalty)."""
+    a length penalty); `weights="int8"` runs the steps' dense products on int8 operands."""
     from keras_transformer.translation import TextTranslator
 
     translator = TextTranslator(model, tokenizer,
-                                config.evaluation.decoding_options(stopping=stopping))
+                                config.evaluation.decoding_options(**changes))
     hypotheses, seconds, first = steady_state(
         lambda batch: translator.translate(batch).numpy(), sources)
     return hypotheses, seconds, dict(first_pass_seconds=first)
@@ -189,7 +189,10 @@ def end_to_end(run_dir, preset, tmp):
     for stopping in ("first", "full"):
         if evaluation.beam_size > 1 and evaluation.stopping != stopping:
             runs[f"ours, Keras model in process (steady state), stopping {stopping}"] = \
-                ours_other_stopping(config, model, tokenizer, sources, stopping)
+                ours_other_options(config, model, tokenizer, sources, stopping=stopping)
+    if evaluation.weights != "int8":
+        runs["ours, Keras model in process (steady state), weights int8"] = \
+            ours_other_options(config, model, tokenizer, sources, weights="int8")
     common = dict(spm=spm, source=source_file, alpha=evaluation.alpha,
                   max_extra_length=evaluation.max_extra_length)
     for q, ct2_dir in dirs.items():

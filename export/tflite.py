@@ -241,7 +241,8 @@ def convert_tflite(model, tokenizer, out_path, quantize="none", options=None):
     either file is written; a model LiteRT could not run is an UnsupportedOpsError and
     leaves no file. Returns the two paths.
     """
-    options = options or DecodingOptions()
+    # The converter quantizes a .tflite (`quantize`); its graph is converted from float32.
+    options = (options or DecodingOptions()).replace(weights="float32")
     model = model.with_dtype("float32")  # TFLite has no bf16 kernels (mixed-precision runs)
     translator = EdgeTranslator(model, tokenizer, options)
     stepper = EdgeStepper(model, options.max_output_length)

@@ -44,7 +44,8 @@ def _write(tokens, position, values):
     return tf.where(tf.equal(columns, position), tf.expand_dims(values, -1), tokens)
 
 
-def greedy_decode(model, source_ids, max_length, max_extra_length=50, compact=True):
+def greedy_decode(model, source_ids, max_length, max_extra_length=50, compact=True,
+                  weights="float32"):
     """Pick the most likely token at each step.
 
     Args:
@@ -54,6 +55,8 @@ def greedy_decode(model, source_ids, max_length, max_extra_length=50, compact=Tr
         max_extra_length: a sentence stops after source length + this many tokens.
         compact: go on with a narrower batch once most sentences have finished
             (`decoding_loop`; the same output).
+        weights: "int8" runs each step's dense products on int8 operands
+            (`keras_transformer.quantization`).
 
     Returns `(ids [batch, max_length], log_prob [batch])`.
     """
@@ -68,7 +71,7 @@ def greedy_decode(model, source_ids, max_length, max_extra_length=50, compact=Tr
         source_mask,
     )
     cache = model.init_cache(memory, decoding_loop.capacities(max_length)[0])
-    kernels = model.step_kernels()
+    kernels = model.step_kernels(weights)
 
     def step(t, sentences, cache):
         tokens, finished, scores, limits, source_mask = sentences
@@ -191,7 +194,7 @@ def _log_normaliser(logits, block_max=None):
 
 
 def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra_length=50,
-                return_all=False, stopping="exact", compact=True):
+                return_all=False, stopping="exact", compact=True, weights="float32"):
     """Beam search with alive and finished hypothesis sets (as in GNMT / tensor2tensor).
 
     At each step the 2k best extensions of the k alive beams are scored; those among
@@ -206,7 +209,8 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
     hypotheses asked for; with `stopping="full"`, once it holds k finished hypotheses.
     Both take fewer steps, and a longer hypothesis that the length penalty would still
     have preferred is never found. `compact`: go on with a narrower batch once most
-    sentences have settled (`decoding_loop`; the same output).
+    sentences have settled (`decoding_loop`; the same output). `weights="int8"` runs each
+    step's dense products on int8 operands (`keras_transformer.quantization`).
 
     Returns `(ids [batch, max_length], score [batch])` of the best hypothesis, or with
     `return_all=True` all k: `([batch, k, max_length], [batch, k])`, best first.
@@ -230,7 +234,7 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
         tf.zeros([batch, k, max_length + 1], tf.int32),       # ancestry (see step)
     )
     cache = model.init_cache(memory, decoding_loop.capacities(max_length)[0], beam_size=k)
-    kernels = model.step_kernels()
+    kernels = model.step_kernels(weights)
     needed = k if return_all else 1  # finished hypotheses that must be settled
 
     def settled(t, sentences):
@@ -302,6 +306,8 @@ def decode(model, source_ids, max_length, options=None, compact=True):
     `decoding_loop.run`. Returns `(ids, scores)`."""
     options = options or DecodingOptions(beam_size=1)
     if options.beam_size == 1:
-        return greedy_decode(model, source_ids, max_length, options.max_extra_length, compact)
+        return greedy_decode(model, source_ids, max_length, options.max_extra_length, compact,
+                             options.weights)
     return beam_search(model, source_ids, max_length, options.beam_size, options.alpha,
-                       options.max_extra_length, stopping=options.stopping, compact=compact)
+                       options.max_extra_length, stopping=options.stopping, compact=compact,
+                       weights=options.weights)

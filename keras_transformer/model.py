@@ -5,7 +5,7 @@ from keras import ops
 
 # Imported for their registrations: a saved model's compile config names our loss, metric
 # and learning-rate schedule, which `keras.models.load_model` must find in a fresh process.
-from keras_transformer import accumulation, losses, schedules  # noqa: F401
+from keras_transformer import accumulation, losses, quantization, schedules  # noqa: F401
 from keras_transformer.config import TransformerConfig
 from keras_transformer.layers.attention import visible_entries
 from keras_transformer.layers.decoder import TransformerDecoder
@@ -188,17 +188,20 @@ class Transformer(keras.Model):
         (`beam_size` hypotheses a sentence)."""
         return self.decoder.init_cache(memory, max_length, beam_size)
 
-    def step_kernels(self):
+    def step_kernels(self, weights="float32"):
         """Decoder weights reshaped for `decode_step`; prepare once before a decoding loop.
 
         Optional (`decode_step` prepares them itself when not given), but reshaping the
         attention kernels inside an XLA loop made each step several times slower on CPU.
+        `weights="int8"`: the decoder's matrices and the output projection quantized
+        (`keras_transformer.quantization`); the embedding lookup stays float.
         """
         if self.output_projection is not None:
             logits = self.output_projection.kernel
         else:  # [vocab, d] → [d, vocab]: a transposed operand was ~5x slower at batch 4
             logits = ops.transpose(self.target_embedding.embeddings)
-        return {"decoder": self.decoder.step_kernels(), "logits": logits}
+        return {"decoder": self.decoder.step_kernels(weights),
+                "logits": quantization.prepare(logits, weights)}
 
     def decode_step(self, token_ids, index, cache, source_mask, kernels=None, ancestry=None):
         """Logits `[batch, vocab]` for position `index + 1` given the token at `index`.
@@ -221,7 +224,7 @@ class Transformer(keras.Model):
             kernels = self.step_kernels()
         visible = None if ancestry is None else visible_entries(ancestry[:, :, :capacity], index)
         x, cache, _ = self.decoder.step(x, cache, index, source_mask, kernels["decoder"], visible)
-        logits = ops.matmul(x[:, 0], ops.cast(kernels["logits"], x.dtype))
+        logits = quantization.matmul(x[:, 0], kernels["logits"])
         return ops.cast(logits, "float32"), cache
 
     def _embed(self, embedding, ids, training):

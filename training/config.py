@@ -8,7 +8,7 @@ from typing import ClassVar, Optional
 import yaml
 
 from keras_transformer.config import PRESETS, TransformerConfig, check_field_types
-from keras_transformer.decoding_options import STOPPING, DecodingOptions
+from keras_transformer.decoding_options import STOPPING, WEIGHTS, DecodingOptions
 from keras_transformer.errors import UsageError
 
 SOURCES = ("multi30k", "text", "tfds")
@@ -181,15 +181,16 @@ class EvaluationConfig(_Validated):
     batch_size: int = 64
     lowercase: bool = False
     stopping: str = "exact"  # when beam search stops a sentence (DecodingOptions)
+    weights: str = "float32"  # int8: the decoding steps' products on int8 (DecodingOptions)
 
     RULES: ClassVar[dict] = {"beam_size": at_least(1), "alpha": at_least(0),
                              "max_extra_length": at_least(0), "batch_size": at_least(1),
-                             "stopping": one_of(*STOPPING)}
+                             "stopping": one_of(*STOPPING), "weights": one_of(*WEIGHTS)}
 
     def decoding_options(self, **changes):
         """These settings as `DecodingOptions` (with `changes`, e.g. max_output_length)."""
         return DecodingOptions(self.beam_size, self.alpha, self.max_extra_length,
-                               stopping=self.stopping).replace(**changes)
+                               stopping=self.stopping, weights=self.weights).replace(**changes)
 
 
 @dataclasses.dataclass

@@ -14,6 +14,7 @@ import math
 import keras
 from keras import ops
 
+from keras_transformer import quantization
 from keras_transformer.layers.dropout import Dropout
 from keras_transformer.masks import combine_masks
 
@@ -147,7 +148,7 @@ class MultiHeadAttention(keras.layers.Layer):
     def _flat_heads(self, x, kernel, bias, parts):
         """`[batch, length, d]` @ 2-D kernel → `parts` tensors `[batch, heads, length, head_dim]`."""
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
-        y = ops.matmul(x, kernel) + bias
+        y = quantization.matmul(x, kernel) + bias
         y = ops.reshape(y, (batch, length, parts, self.num_heads, self.key_dim))
         y = ops.transpose(y, (2, 0, 3, 1, 4))
         return [y[i] for i in range(parts)]
@@ -178,23 +179,25 @@ class MultiHeadAttention(keras.layers.Layer):
         )
         batch, length = ops.shape(context)[0], ops.shape(context)[2]
         context = ops.reshape(ops.transpose(context, (0, 2, 1, 3)), (batch, length, -1))
-        return ops.matmul(context, kernels["output"]) + kernels["output_bias"], weights
+        return quantization.matmul(context, kernels["output"]) + kernels["output_bias"], weights
 
-    def step_kernels(self, fuse_key_value=True):
+    def step_kernels(self, fuse_key_value=True, weights="float32"):
         """The projection weights as 2-D matrices, to prepare once before a decoding loop.
 
         Under XLA on CPU, a `[d, heads, head_dim]` kernel reshaped inside a `while_loop`
         ran ~6x slower at batch 1 than the same matrix made 2-D outside the loop.
         `fuse_key_value=False` (cross-attention, whose keys and values are cached)
-        prepares the query projection alone.
+        prepares the query projection alone; `weights="int8"` quantizes the matrices
+        (`quantization.quantize_kernel`).
         """
         parts = ("query", "key", "value") if fuse_key_value else ("query",)
         query, query_bias = self._projection(parts)
         width = self.num_heads * self.key_dim
+        output = ops.cast(ops.reshape(self.output_kernel, (width, -1)), self.compute_dtype)
         return {
-            "query": query,
+            "query": quantization.prepare(query, weights),
             "query_bias": query_bias,
-            "output": ops.cast(ops.reshape(self.output_kernel, (width, -1)), self.compute_dtype),
+            "output": quantization.prepare(output, weights),
             "output_bias": ops.cast(self.output_bias, self.compute_dtype),
         }
 

@@ -11,6 +11,7 @@ from the memory and shared by a sentence's beams.
 import keras
 from keras import ops
 
+from keras_transformer import quantization
 from keras_transformer.layers.encoder import _ResidualLayer, _Stack
 
 
@@ -75,10 +76,16 @@ class DecoderLayer(_ResidualLayer):
         empty = ops.zeros(shape, dtype=cross_key.dtype)
         return {"key": empty, "value": empty, "cross_key": cross_key, "cross_value": cross_value}
 
-    def step_kernels(self):
-        """Attention weights in the 2-D form `step` runs fastest with (see attention.py)."""
-        return {"self": self.self_attention.step_kernels(),
-                "cross": self.cross_attention.step_kernels(fuse_key_value=False)}
+    def step_kernels(self, weights="float32"):
+        """The weights in the 2-D form `step` runs fastest with (see attention.py);
+        `weights="int8"` quantizes the matrices (`quantization`)."""
+        ffn = self.feed_forward
+        return {"self": self.self_attention.step_kernels(weights=weights),
+                "cross": self.cross_attention.step_kernels(fuse_key_value=False, weights=weights),
+                "inner": quantization.prepare(ffn.inner.kernel, weights),
+                "inner_bias": ffn.inner.bias,
+                "outer": quantization.prepare(ffn.outer.kernel, weights),
+                "outer_bias": ffn.outer.bias}
 
     def step(self, x, cache, index, memory_mask=None, kernels=None, visible=None):
         """Decode position `index`: `x` is `[batch, 1, d]`. Returns `(x, cache, weights)`.
@@ -109,8 +116,17 @@ class DecoderLayer(_ResidualLayer):
 
         x, self_weights = self._residual(x, self.self_attention_norm, self_attend, False)
         x, cross_weights = self._residual(x, self.cross_attention_norm, cross_attend, False)
-        x = self._feed_forward_block(x)
+        x, _ = self._residual(x, self.feed_forward_norm,
+                              lambda h: (self._feed_forward_step(h, kernels), None), False)
         return x, new_cache, {"self": self_weights, "cross": cross_weights}
+
+    def _feed_forward_step(self, h, kernels):
+        """The feed-forward network on `step_kernels` (float or int8; no dropout)."""
+        ffn = self.feed_forward
+        inner = quantization.matmul(h, kernels["inner"]) + ops.cast(kernels["inner_bias"], h.dtype)
+        inner = keras.activations.get(ffn.activation)(inner)
+        return quantization.matmul(inner, kernels["outer"]) + ops.cast(kernels["outer_bias"],
+                                                                        h.dtype)
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -146,9 +162,10 @@ class TransformerDecoder(_Stack):
         """A list with one cache dict per layer (see `DecoderLayer.init_cache`)."""
         return [layer.init_cache(memory, max_length, beam_size) for layer in self.blocks]
 
-    def step_kernels(self):
-        """One `DecoderLayer.step_kernels()` per layer, to prepare before a decoding loop."""
-        return [layer.step_kernels() for layer in self.blocks]
+    def step_kernels(self, weights="float32"):
+        """One `DecoderLayer.step_kernels(weights)` per layer, to prepare before a
+        decoding loop."""
+        return [layer.step_kernels(weights) for layer in self.blocks]
 
     def step(self, x, cache, index, memory_mask=None, kernels=None, visible=None):
         """Decode position `index` through all layers. Returns `(x, cache, weights)`."""
