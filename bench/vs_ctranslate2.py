@@ -36,7 +36,8 @@ with --run (most of it the CT2 sweep and our beam-4 passes).
    the Keras model in process with `stopping="first"` (a sentence stops at the first step
    whose best extension ends it; CT2 does so only without length penalty) and
    `stopping="full"` (once it holds beam_size finished hypotheses: CT2's rule with a length
-   penalty), steady state as (b), and with `weights="int8"` (exact stopping). CT2 float32 and int8 in each of their settings, here also
+   penalty), steady state as (b); (d) the model exported as `export --quantize int8` would
+   (a SavedModel with `weights="int8"`), in process, steady state as (b). CT2 float32 and int8 in each of their settings, here also
    two replicas of one thread decoding two batches at once (`FILE_SETTINGS`; the table
    shows the fastest, the JSON all), a fresh process each: `ct2_translate_file`, an untimed
    pass, then a timed one; model loading is reported apart. Target tokens: SentencePiece

@@ -150,6 +150,20 @@ def ours_end_to_end(run_dir, source_file, sources):
     return rows
 
 
+def ours_int8_saved_model(model, tokenizer, options, sources, tmp):
+    """(hypotheses, seconds, extra) of the model exported as `export --quantize int8`
+    would (`weights="int8"`), loaded in process, steady state."""
+    from keras_transformer.export.saved_model import export_saved_model, saved_model_translator
+
+    path = os.path.join(tmp, "saved_model_int8")
+    export_saved_model(model, tokenizer, path, options.replace(weights="int8"))
+    start = time.perf_counter()
+    translate = saved_model_translator(path)
+    load = time.perf_counter() - start
+    hypotheses, seconds, first = steady_state(translate, sources)
+    return hypotheses, seconds, dict(load_seconds=round(load, 2), first_pass_seconds=first)
+
+
 def ours_other_options(config, model, tokenizer, sources, **changes):
     """(hypotheses, seconds, extra) of the run's model in process, steady state, with
     other decoding options: `stopping` "first" stops a sentence at the first step whose
@@ -191,8 +205,8 @@ def end_to_end(run_dir, preset, tmp):
             runs[f"ours, Keras model in process (steady state), stopping {stopping}"] = \
                 ours_other_options(config, model, tokenizer, sources, stopping=stopping)
     if evaluation.weights != "int8":
-        runs["ours, Keras model in process (steady state), weights int8"] = \
-            ours_other_options(config, model, tokenizer, sources, weights="int8")
+        runs["ours, int8 SavedModel in process (steady state)"] = ours_int8_saved_model(
+            model, tokenizer, evaluation.decoding_options(), sources, tmp)
     common = dict(spm=spm, source=source_file, alpha=evaluation.alpha,
                   max_extra_length=evaluation.max_extra_length)
     for q, ct2_dir in dirs.items():

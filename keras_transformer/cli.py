@@ -128,6 +128,11 @@ def export(run=None, model=None, fmt="saved_model", out=None, quantize="none",
         config, model, tokenizer = load_run(run, checkpoint)
         options = config.evaluation.decoding_options(max_output_length=max_output_length)
         home = run
+    if fmt == "saved_model" and quantize != "none":
+        if quantize != "int8":
+            raise ConfigError(f"--quantize {quantize}: a SavedModel takes none or int8 "
+                              "(int8 decoding steps); float16 is for --format tflite")
+        options = options.replace(weights="int8")
     if fmt == "saved_model" and ids_only:
         from keras_transformer.export.saved_model import export_ids_saved_model
 
@@ -296,7 +301,9 @@ def build_parser():
                                       "next to --model); for "
                                       "tflite also writes the streaming variant *.step.tflite")
     export.add_argument("--quantize", default="none", choices=("none", "float16", "int8"),
-                        help="tflite weights: float32, float16, or int8 dynamic range")
+                        help="tflite weights: float32, float16, or int8 dynamic range; "
+                             "saved_model: int8 runs the decoding steps' products on int8 "
+                             "(DecodingOptions.weights)")
     export.add_argument("--max-output-length", type=int, default=128,
                         help="tflite: static output length (the decoding cache size)")
     export.add_argument("--checkpoint", help=CHECKPOINT_HELP)

@@ -224,3 +224,29 @@ def test_export_refuses_a_folder_that_is_not_a_saved_model(tiny_run, tmp_path, c
                      "--out", str(tmp_path)]) == 2
     assert "holds no SavedModel" in capsys.readouterr().err
     assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+def test_cli_exports_an_int8_saved_model(tiny_run, tmp_path, capsys):
+    """`export --quantize int8` (SavedModel): int8 decoding steps compiled in, recorded in
+    its decoding.json, translating as `TextTranslator` does with `weights="int8"`;
+    float16 is refused with a one-line error."""
+    from keras_transformer import cli
+    from keras_transformer.decoding_options import DecodingOptions
+    from keras_transformer.export.saved_model import saved_model_translator
+    from keras_transformer.translation import TextTranslator
+
+    out = str(tmp_path / "int8")
+    assert cli.main(["export", "--run", tiny_run, "--quantize", "int8", "--out", out]) == 0
+    with open(os.path.join(out, "assets", "decoding.json")) as f:
+        recorded = json.load(f)
+    assert recorded["weights"] == "int8"
+    model = keras.models.load_model(os.path.join(tiny_run, "model.keras"))
+    tokenizer = SubwordTokenizer.load(os.path.join(tiny_run, "tokenizer.model"))
+    options = DecodingOptions.from_dict(dict(recorded, max_output_length=128))
+    expected = TextTranslator(model, tokenizer, options).translate(SENTENCES).numpy()
+    assert list(saved_model_translator(out)(SENTENCES)) == list(expected)
+    capsys.readouterr()
+    assert cli.main(["export", "--run", tiny_run, "--quantize", "float16",
+                     "--out", str(tmp_path / "f16")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "float16 is for --format tflite" in err

@@ -296,10 +296,12 @@ def test_decoding_sweep_scores_validation_like_evaluate(tiny_run, tmp_path, caps
     assert "| 2 | 4 | 0.6 | exact |" in table and "| 2 | 4 | 0.6 | first |" in table
     assert "--average 2 --limit 8" in table
     assert decoding_sweep.main(["--run", tiny_run, "--average", "1", "--beam", "2", "--limit", "8",
-                                "--max-extra-length", "0", "50", "--out", out]) == 0
+                                "--max-extra-length", "0", "50", "--weights", "int8",
+                                "--out", out]) == 0
     with open(out + ".results.md", encoding="utf-8") as f:
         table = f.read()
-    assert "| 1 | 2 | 0.6 | exact | 0 |" in table and "| 1 | 2 | 0.6 | exact | 50 |" in table
+    assert "| 1 | 2 | 0.6 | exact | 0 | int8 |" in table
+    assert "| 1 | 2 | 0.6 | exact | 50 | int8 |" in table
     assert decoding_sweep.main(["--run", tiny_run, "--average", "999", "--out", out]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--average 999" in err
