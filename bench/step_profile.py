@@ -19,7 +19,7 @@ self-attention cache of `--capacity` slots), and the whole `beam_search` beside 
 Model: the main-job shape (4+4 layers, d_model 128, 4 heads, d_ff 256, vocabulary 8,000)
 with random weights, source length 16. Milliseconds per step, median of `--rounds`.
 
-    python bench/step_profile.py [--batch 32] [--capacity 16 32 64] [--out FILE]
+    python bench/step_profile.py [--batch 32] [--capacity 16 32 64] [--weights int8] [--out FILE]
 """
 
 import argparse
@@ -36,7 +36,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import keras_transformer as kt  # noqa: E402
-from keras_transformer import decoding, decoding_loop  # noqa: E402
+from keras_transformer import decoding, decoding_loop, quantization  # noqa: E402
+from keras_transformer.decoding_options import WEIGHTS  # noqa: E402
 from keras_transformer.layers.attention import visible_entries  # noqa: E402
 from keras_transformer.tokenizer import EOS_ID  # noqa: E402
 from keras_transformer.training.precision import cpu_flags  # noqa: E402
@@ -60,10 +61,10 @@ def _loop(steps, body, state):
     return tf.while_loop(lambda t, *rest: t < steps, body, (tf.constant(0), *state))
 
 
-def variants(model, batch, capacity, steps):
+def variants(model, batch, capacity, steps, weights="float32"):
     """{name: compiled function of the source ids}: each runs `steps` loop iterations."""
     rows, vocab = batch * BEAM, SHAPE["vocab_size"]
-    kernels = model.step_kernels()
+    kernels = model.step_kernels(weights)
 
     def setup(source):
         memory, mask = model.encode(source, training=False)
@@ -95,7 +96,7 @@ def variants(model, batch, capacity, steps):
         x = tf.random.stateless_normal([rows, SHAPE["d_model"]], (1, 2))
 
         def body(t, x):
-            logits = tf.matmul(x, kernels["logits"])
+            logits = quantization.matmul(x, kernels["logits"])
             return t + 1, x + logits[:, :SHAPE["d_model"]] * 1e-30
         return _loop(steps, body, (x,))[-1]
 
@@ -119,7 +120,8 @@ def variants(model, batch, capacity, steps):
         return _loop(steps, body, (ancestry, 0))[-1]
 
     def beam_search(source):
-        return decoding.beam_search(model, source, steps, BEAM, 0.6, steps - SOURCE_LENGTH)[0]
+        return decoding.beam_search(model, source, steps, BEAM, 0.6, steps - SOURCE_LENGTH,
+                                    weights=weights)[0]
 
     parts = dict(decode_step=decode_step, decoder_layers=decoder_layers,
                  logits_matmul=logits_matmul, best_extensions=best_extensions,
@@ -146,6 +148,8 @@ def main(argv=None):
                         help="self-attention cache slots")
     parser.add_argument("--steps", type=int, default=32, help="loop iterations per call")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--weights", default="float32", choices=WEIGHTS,
+                        help="the step's dense products: float32 or int8 (DecodingOptions)")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "step_profile.json"))
     args = parser.parse_args(argv)
 
@@ -155,11 +159,12 @@ def main(argv=None):
         4, SHAPE["vocab_size"], (args.batch, SOURCE_LENGTH)), tf.int32)
     rows = []
     for capacity in args.capacity:
-        for name, fn in variants(model, args.batch, capacity, args.steps).items():
+        for name, fn in variants(model, args.batch, capacity, args.steps, args.weights).items():
             ms = median_ms_per_step(fn, source, args.steps, args.rounds)
             rows.append(dict(part=name, capacity=capacity, ms_per_step=ms))
             print(f"capacity {capacity:3d}  {name:16s} {ms:8.3f} ms/step", flush=True)
-    result = dict(model=SHAPE, batch=args.batch, beam=BEAM, rows_per_step=args.batch * BEAM,
+    result = dict(model=SHAPE, weights=args.weights, batch=args.batch, beam=BEAM,
+                  rows_per_step=args.batch * BEAM,
                   steps=args.steps, rounds=args.rounds, source_length=SOURCE_LENGTH,
                   tensorflow=tf.__version__, cpu_flags={f: f in flags for f in FLAGS},
                   cores=os.cpu_count(), rows=rows)
