@@ -6,8 +6,8 @@
 
 Writes bench/results/vs_ctranslate2.json (--smoke: /tmp/vs_ctranslate2.smoke.json) with the
 CPU model and flags (avx2, avx512f, avx512_bf16, amx*, avx512_vnni, avx_vnni), on which
-CTranslate2's kernels depend. Estimated time on an idle 2-core machine: ~10 min, ~16 min
-with --run (most of it the CT2 sweep and our beam-4 passes).
+CTranslate2's kernels depend. Estimated time on an idle 2-core machine: ~13 min, ~22 min
+with --run (most of it the CT2 sweep and our beam-4 passes; 25 min in a slow hour at d3b2ecc).
 
 1. Same weights, same tokens: bench/decode.py's model ("small" preset, vocab 8000, random
    weights, eos embedding zeroed) with the run's tokenizer.model (or one learned on Multi30k

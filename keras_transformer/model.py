@@ -5,7 +5,8 @@ from keras import ops
 
 # Imported for their registrations: a saved model's compile config names our loss, metric
 # and learning-rate schedule, which `keras.models.load_model` must find in a fresh process.
-from keras_transformer import accumulation, losses, quantization, schedules  # noqa: F401
+from keras_transformer import accumulation, losses, schedules  # noqa: F401
+from keras_transformer import quantization
 from keras_transformer.config import TransformerConfig
 from keras_transformer.layers.attention import visible_entries
 from keras_transformer.layers.decoder import TransformerDecoder

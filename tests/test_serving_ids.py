@@ -116,7 +116,7 @@ def test_cli_writes_ids_saved_model_with_tokenizer_and_settings(tiny_run, export
     with open(os.path.join(tiny_run, "tokenizer.model"), "rb") as f:
         assert asset == f.read()
     assert exports.settings == {"beam_size": 2, "alpha": 0.6, "max_extra_length": 50,
-                                "stopping": "exact"}
+                                "stopping": "exact", "weights": "float32"}
     for name in ("serving_default", "greedy"):
         signature = exports.ids_model.signatures[name]
         (spec,) = signature.structured_input_signature[1].values()
