@@ -12,7 +12,7 @@ GNMT length penalty ((5 + length) / 6)^α (beam search).
 
 import tensorflow as tf
 
-from keras_transformer import decoding_loop, decoding_stream
+from keras_transformer import decoding_loop
 from keras_transformer.decoding_options import STOPPING, DecodingOptions
 from keras_transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
@@ -38,37 +38,14 @@ def output_limits(source_ids, max_extra_length, max_length):
     return tf.minimum(budget, max_length)
 
 
-def _by_row(position, rank):
-    """A scalar position as is; a per-sentence one `[batch]` shaped to broadcast
-    against a rank-`rank` tensor whose first axis is the sentence."""
-    if position.shape.rank == 0:
-        return position
-    return tf.reshape(position, [-1] + [1] * (rank - 1))
-
-
 def _write(tokens, position, values):
-    """`tokens[..., position] = values` via a one-hot select (static shapes, TFLite-safe);
-    `position` is a scalar or one per sentence (`[batch]`)."""
+    """`tokens[..., position] = values` via a one-hot select (static shapes, TFLite-safe)."""
     columns = tf.range(tf.shape(tokens)[-1])
-    position = _by_row(tf.convert_to_tensor(position), len(tokens.shape))
     return tf.where(tf.equal(columns, position), tf.expand_dims(values, -1), tokens)
 
 
-def _read(tokens, position):
-    """`tokens[..., position]`; `position` a scalar or one per sentence (`[batch]`)."""
-    if position.shape.rank == 0:
-        return tokens[..., position]
-    return tf.gather(tokens, position, axis=len(tokens.shape) - 1, batch_dims=1)
-
-
-def _positions(t, slot):
-    """`decode_step`'s `(index, positions)`: in a batch every sentence is at step `t`,
-    which is also its cache slot; in a stream (`slot` given) each at its own."""
-    return (t, None) if slot is None else (slot, t)
-
-
 def greedy_decode(model, source_ids, max_length, max_extra_length=50, compact=True,
-                  weights="float32", slots=None):
+                  weights="float32"):
     """Pick the most likely token at each step.
 
     Args:
@@ -80,8 +57,6 @@ def greedy_decode(model, source_ids, max_length, max_extra_length=50, compact=Tr
             (`decoding_loop`; the same output).
         weights: "int8" runs each step's dense products on int8 operands
             (`keras_transformer.quantization`).
-        slots: decode the batch through this many rows, each refilled with the next
-            sentence as its sentence ends (`decoding_stream`; the same output).
 
     Returns `(ids [batch, max_length], log_prob [batch])`.
     """
@@ -95,28 +70,21 @@ def greedy_decode(model, source_ids, max_length, max_extra_length=50, compact=Tr
         output_limits(source_ids, max_extra_length, max_length),
         source_mask,
     )
+    cache = model.init_cache(memory, decoding_loop.capacities(max_length)[0])
     kernels = model.step_kernels(weights)
 
-    def step(t, sentences, cache, slot=None):
+    def step(t, sentences, cache):
         tokens, finished, scores, limits, source_mask = sentences
-        index, positions = _positions(t, slot)
-        logits, cache = model.decode_step(_read(tokens, t), index, cache, source_mask, kernels,
-                                          positions=positions)
+        logits, cache = model.decode_step(tokens[:, t], t, cache, source_mask, kernels)
         best, best_log_prob = _greedy_pick(logits, t, limits)
         scores += tf.where(finished, 0.0, best_log_prob)
         tokens = _write(tokens, t + 1, tf.where(finished, PAD_ID, best))
         finished = tf.logical_or(finished, tf.equal(best, EOS_ID))
         return t + 1, (tokens, finished, scores, limits, source_mask), cache
 
-    settled = lambda t, sentences: sentences[1]  # noqa: E731
-    if slots is None:
-        cache = model.init_cache(memory, decoding_loop.capacities(max_length)[0])
-        sentences = decoding_loop.run(step, settled, tf.constant(0), sentences, cache, max_length,
-                                      compact=compact)
-    else:
-        sentences = decoding_stream.run(step, settled, sentences, model.init_cache(memory, 0),
-                                        slots, max_length)
-    tokens, _, scores, _, _ = sentences
+    tokens, _, scores, _, _ = decoding_loop.run(
+        step, lambda t, sentences: sentences[1], tf.constant(0), sentences, cache, max_length,
+        compact=compact)
     return tokens[:, 1:], scores
 
 
@@ -226,7 +194,7 @@ def _log_normaliser(logits, block_max=None):
 
 
 def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra_length=50,
-                return_all=False, stopping="exact", compact=True, weights="float32", slots=None):
+                return_all=False, stopping="exact", compact=True, weights="float32"):
     """Beam search with alive and finished hypothesis sets (as in GNMT / tensor2tensor).
 
     At each step the 2k best extensions of the k alive beams are scored; those among
@@ -242,9 +210,7 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
     Both take fewer steps, and a longer hypothesis that the length penalty would still
     have preferred is never found. `compact`: go on with a narrower batch once most
     sentences have settled (`decoding_loop`; the same output). `weights="int8"` runs each
-    step's dense products on int8 operands (`keras_transformer.quantization`). `slots`:
-    decode the batch through this many sentences' rows, each refilled with the next
-    sentence as its own settles (`decoding_stream`; the same output).
+    step's dense products on int8 operands (`keras_transformer.quantization`).
 
     Returns `(ids [batch, max_length], score [batch])` of the best hypothesis, or with
     `return_all=True` all k: `([batch, k, max_length], [batch, k])`, best first.
@@ -267,6 +233,7 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
         source_mask,
         tf.zeros([batch, k, max_length + 1], tf.int32),       # ancestry (see step)
     )
+    cache = model.init_cache(memory, decoding_loop.capacities(max_length)[0], beam_size=k)
     kernels = model.step_kernels(weights)
     needed = k if return_all else 1  # finished hypotheses that must be settled
 
@@ -275,16 +242,15 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
         best_possible = alive_scores[:, 0] / max_penalty
         return (finished_scores[:, needed - 1] >= best_possible) | (t >= limits)
 
-    def step(t, sentences, cache, slot=None):
+    def step(t, sentences, cache):
         alive, alive_scores, finished, finished_scores, limits, max_penalty, source_mask, \
             ancestry = sentences
-        index, positions = _positions(t, slot)
         # The cache is never reordered: `ancestry` says, per hypothesis and slot, which
         # beam's cache entries hold its history. This step's keys and values go to each
         # hypothesis' own beam; the new hypotheses take over their parents' ancestry.
-        ancestry = _write(ancestry, index, tf.range(k)[None, :])
-        logits, cache = model.decode_step(tf.reshape(_read(alive, t), [-1]), index, cache,
-                                          source_mask, kernels, ancestry, positions)
+        ancestry = _write(ancestry, t, tf.range(k)[None, :])
+        logits, cache = model.decode_step(tf.reshape(alive[:, :, t], [-1]), t, cache,
+                                          source_mask, kernels, ancestry)
         top_scores, top_beam, top_token = _best_extensions(logits, alive_scores, t, limits, k)
         top_seqs = _write(tf.gather(alive, top_beam, batch_dims=1), t + 1, top_token)
         is_eos = tf.equal(top_token, EOS_ID)
@@ -300,8 +266,7 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
         ancestry = tf.gather(ancestry, tf.gather(top_beam, keep, batch_dims=1), batch_dims=1)
 
         # Finished: merge the extensions that ended (length-normalised) into the k best.
-        penalty = _by_row(length_penalty(t + 1, alpha), 2)
-        ended_scores = tf.where(ends & real, top_scores / penalty, _NEG_INF)
+        ended_scores = tf.where(ends & real, top_scores / length_penalty(t + 1, alpha), _NEG_INF)
         merged_scores = tf.concat([finished_scores, ended_scores], axis=1)
         merged_seqs = tf.concat([finished, top_seqs], axis=1)
         finished_scores, pick = tf.math.top_k(merged_scores, k)
@@ -315,14 +280,8 @@ def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra
         return t + 1, (alive, alive_scores, finished, finished_scores, limits, max_penalty,
                        source_mask, ancestry), cache
 
-    if slots is None:
-        cache = model.init_cache(memory, decoding_loop.capacities(max_length)[0], beam_size=k)
-        sentences = decoding_loop.run(step, settled, tf.constant(0), sentences, cache, max_length,
-                                      beam_size=k, compact=compact)
-    else:
-        sentences = decoding_stream.run(step, settled, sentences,
-                                        model.init_cache(memory, 0, beam_size=k), slots,
-                                        max_length, beam_size=k)
+    sentences = decoding_loop.run(step, settled, tf.constant(0), sentences, cache, max_length,
+                                  beam_size=k, compact=compact)
     alive, alive_scores, finished, finished_scores, _, max_penalty, _, _ = sentences
     # A sentence that finished nothing (cannot happen with limits ≤ max_length, kept
     # for safety) falls back to its alive beams.
@@ -341,14 +300,14 @@ def _pad_after_eos(ids):
     return tf.where(seen_eos > 0, PAD_ID, ids)
 
 
-def decode(model, source_ids, max_length, options=None, compact=True, slots=None):
+def decode(model, source_ids, max_length, options=None, compact=True):
     """Decode with `DecodingOptions` (default: greedy): greedy when `options.beam_size`
     is 1, else beam search; `max_length` is the static output length, `compact` as in
-    `decoding_loop.run`, `slots` as in `decoding_stream.run`. Returns `(ids, scores)`."""
+    `decoding_loop.run`. Returns `(ids, scores)`."""
     options = options or DecodingOptions(beam_size=1)
     if options.beam_size == 1:
         return greedy_decode(model, source_ids, max_length, options.max_extra_length, compact,
-                             options.weights, slots)
+                             options.weights)
     return beam_search(model, source_ids, max_length, options.beam_size, options.alpha,
                        options.max_extra_length, stopping=options.stopping, compact=compact,
-                       weights=options.weights, slots=slots)
+                       weights=options.weights)

@@ -204,38 +204,26 @@ class Transformer(keras.Model):
         return {"decoder": self.decoder.step_kernels(weights),
                 "logits": quantization.prepare(logits, weights)}
 
-    def decode_step(self, token_ids, index, cache, source_mask, kernels=None, ancestry=None,
-                    positions=None):
+    def decode_step(self, token_ids, index, cache, source_mask, kernels=None, ancestry=None):
         """Logits `[batch, vocab]` for position `index + 1` given the token at `index`.
 
         `token_ids` is `[batch]` (beam search: `[sentences · beams]`); `cache` comes from
         `init_cache` or a previous step; `kernels` from `step_kernels()`; `ancestry`
         (beam search): int `[sentences, beams, ≥ capacity]`, the beam whose cache entries
         hold each hypothesis' history at each slot, its own at `index`
-        (`attention.visible_entries`; default: each beam its own). With `positions` (int
-        `[sentences]`), the sentences are at their own positions and `index` is only the
-        cache slot written, the cache a ring (`decoding_stream`). Returns
+        (`attention.visible_entries`; default: each beam its own). Returns
         `(logits, new_cache)`; equal to `decode` on the whole prefix.
         """
         x = self.target_embedding(ops.expand_dims(token_ids, 1))
-        sentences = ops.shape(cache[0]["key"])[0]
-        beams = ops.shape(token_ids)[0] // sentences
+        beams = ops.shape(token_ids)[0] // ops.shape(cache[0]["key"])[0]
         capacity = ops.shape(cache[0]["key"])[2] // beams
-        # Take rows of the whole (constant-folded) table: computing sin/cos of the
+        # Take row `index` of the whole (constant-folded) table: computing sin/cos of the
         # dynamic position inside the decoding loop cost ~1 ms a step under XLA on CPU.
         table = sinusoids(capacity, self.config.d_model, dtype=x.dtype)
-        if positions is None:
-            x = x + ops.expand_dims(ops.take(table, ops.expand_dims(index, 0), axis=0), 0)
-        else:
-            rows = ops.repeat(positions, beams, axis=0)                      # [sentences · beams]
-            x = x + ops.expand_dims(ops.take(table, rows, axis=0), 1)
-            if ancestry is None:  # each hypothesis its own beam's entries
-                ancestry = ops.broadcast_to(ops.expand_dims(ops.arange(beams), (0, 2)),
-                                            (sentences, beams, capacity))
+        x = x + ops.expand_dims(ops.take(table, ops.expand_dims(index, 0), axis=0), 0)
         if kernels is None:
             kernels = self.step_kernels()
-        visible = None if ancestry is None else visible_entries(ancestry[:, :, :capacity], index,
-                                                                positions)
+        visible = None if ancestry is None else visible_entries(ancestry[:, :, :capacity], index)
         x, cache, _ = self.decoder.step(x, cache, index, source_mask, kernels["decoder"], visible)
         logits = quantization.matmul(x[:, 0], kernels["logits"])
         return ops.cast(logits, "float32"), cache

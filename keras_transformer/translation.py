@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_transformer import decoding, decoding_stream
+from keras_transformer import decoding
 from keras_transformer.decoding_options import DecodingOptions
 
 
@@ -29,9 +29,6 @@ class TextTranslator:
     `options` (`DecodingOptions`) gives the default beam and α and the output length
     rule (source length + `max_extra_length`); beam and α can change per call.
     `compact=False` decodes without batch compaction (`decoding_loop`; the same output).
-    A call with more than `slots` sentences decodes them through `slots` rows, each
-    refilled with the next sentence as its own ends (`decoding_stream`; the same output;
-    None: always as one batch).
 
     Example:
     >>> translator = TextTranslator(model, tokenizer)       # doctest: +SKIP
@@ -40,7 +37,7 @@ class TextTranslator:
     """
 
     def __init__(self, model, tokenizer, options=None, max_source_length=256,
-                 length_bucket=16, jit_compile=True, compact=True, slots=decoding_stream.SLOTS):
+                 length_bucket=16, jit_compile=True, compact=True):
         self.model = model
         self.tokenizer = tokenizer
         self.options = options or DecodingOptions()
@@ -48,7 +45,6 @@ class TextTranslator:
         self.length_bucket = length_bucket
         self.jit_compile = jit_compile
         self.compact = compact
-        self.slots = slots
         self._compiled = {}
         # Threads share one compiled decoder per options; the lock keeps two threads
         # from building (and XLA-compiling) the same one at once.
@@ -69,13 +65,7 @@ class TextTranslator:
         padded_batch = tf.cast(2 ** tf.math.ceil(tf.math.log(
             tf.cast(tf.maximum(batch, 1), tf.float32)) / tf.math.log(2.0)), tf.int32)
         source_ids = tf.pad(source_ids, [[0, padded_batch - batch], [0, 0]])
-        as_batch = self._decoder(beam_size, alpha)
-        if self.slots is None:
-            ids, scores = as_batch(source_ids)
-        else:  # two compiled decoders; a call runs (and XLA-compiles) one of them
-            streamed = self._decoder(beam_size, alpha, self.slots)
-            ids, scores = tf.cond(padded_batch > self.slots, lambda: streamed(source_ids),
-                                  lambda: as_batch(source_ids))
+        ids, scores = self._decoder(beam_size, alpha)(source_ids)
         return ids[:batch], scores[:batch]
 
     def translate(self, sentences, beam_size=None, alpha=None):
@@ -85,18 +75,17 @@ class TextTranslator:
         ids, _ = self.decode_ids(source_ids, beam_size, alpha)
         return self.tokenizer.detokenize(ids)
 
-    def _decoder(self, beam_size, alpha, slots=None):
-        key = (self.options.replace(beam_size=beam_size, alpha=alpha), slots)
+    def _decoder(self, beam_size, alpha):
+        options = self.options.replace(beam_size=beam_size, alpha=alpha)
         with self._lock:
-            if key not in self._compiled:
-                self._compiled[key] = self._build_decoder(*key)
-            return self._compiled[key]
+            if options not in self._compiled:
+                self._compiled[options] = self._build_decoder(options)
+            return self._compiled[options]
 
-    def _build_decoder(self, options, slots):
+    def _build_decoder(self, options):
         def run(source_ids):
             max_length = tf.shape(source_ids)[1] + options.max_extra_length
-            return decoding.decode(self.model, source_ids, max_length, options, self.compact,
-                                   slots)
+            return decoding.decode(self.model, source_ids, max_length, options, self.compact)
 
         return tf.function(run, jit_compile=self.jit_compile, reduce_retracing=True)
 

@@ -40,16 +40,13 @@ def scaled_dot_product_attention(query, key, value, mask=None, dropout=None, tra
     return ops.matmul(dropped, value), weights
 
 
-def visible_entries(ancestry, index, positions=None):
+def visible_entries(ancestry, index):
     """Which self-attention cache entries each hypothesis sees (`MultiHeadAttention.step`).
 
     `ancestry`: int `[sentences, beams, capacity]`, the beam whose cache entries hold
     each hypothesis' token at each slot (at slot `index`, its own beam). Returns bool
     `[sentences, beams, capacity · beams]`, True at entry s · beams + j where slot
-    s is filled and `ancestry[..., s] == j`. Slot s is filled when s ≤ `index`, or, with
-    `positions` (int `[sentences]`, each sentence's own position; the cache used as a
-    ring, `decoding_stream`), when it was written at most `positions` steps ago:
-    (`index` - s) mod capacity ≤ position.
+    s ≤ `index` and `ancestry[..., s] == j`.
 
     Example: beam 1 took over beam 0's history at slot 0.
     >>> ancestry = keras.ops.convert_to_tensor([[[0, 0, 0], [0, 1, 0]]])
@@ -60,12 +57,7 @@ def visible_entries(ancestry, index, positions=None):
     sentences, beams, capacity = (ops.shape(ancestry)[i] for i in range(3))
     # [sentences, beams, capacity, beams]: entry (s, j) holds this hypothesis' slot s
     mine = ops.equal(ops.expand_dims(ancestry, -1), ops.arange(beams))
-    if positions is None:
-        filled = ops.reshape(ops.less_equal(ops.arange(capacity), index), (1, 1, capacity, 1))
-    else:
-        age = ops.mod(index - ops.arange(capacity), capacity)                 # [capacity]
-        filled = ops.less_equal(ops.expand_dims(age, 0), ops.expand_dims(positions, 1))
-        filled = ops.reshape(filled, (sentences, 1, capacity, 1))
+    filled = ops.reshape(ops.less_equal(ops.arange(capacity), index), (1, 1, capacity, 1))
     return ops.reshape(ops.logical_and(mine, filled), (sentences, beams, capacity * beams))
 
 
