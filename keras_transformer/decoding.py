@@ -17,9 +17,8 @@ from keras_transformer.decoding_options import STOPPING, DecodingOptions
 from keras_transformer.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 _NEG_INF = -1e9
-# Block width of `top_k_by_blocks`: in an ad-hoc timing of the top-k alone over 128 rows
-# of 8,000 logits (2 AVX2 cores), 16 and 32 were fastest (0.46 and 0.42 ms; 64: 0.56-0.67,
-# 48 and 96: > 1 ms; a whole-row `tf.math.top_k`: 2.3 ms).
+# Block width of `_best_extensions`: a sentence's top-ks rank k · V / block pairs and
+# 2k · block tokens, fewest for a block near sqrt(V / 2); 32 suits V = 8,000.
 TOP_K_BLOCK = 32
 
 
@@ -120,77 +119,77 @@ def _greedy_pick(logits, t, limits):
     log-probability, without materialising log-softmax over the vocabulary."""
     best = tf.argmax(logits, axis=-1, output_type=tf.int32)
     best = tf.where(t + 1 >= limits, EOS_ID, best)
-    log_prob = tf.gather(logits, best, batch_dims=1) - tf.reduce_logsumexp(logits, axis=-1)
-    return best, log_prob
+    normaliser = _log_normaliser(logits, block_maxima(logits)[0])[:, 0]
+    return best, tf.gather(logits, best, batch_dims=1) - normaliser
 
 
-def top_k_by_blocks(values, k, block=TOP_K_BLOCK):
-    """`tf.math.top_k(values, k)` over the last axis of `[rows, n]` values, found by blocks.
-
-    The k largest values lie in the k blocks of `block` entries with the largest maxima,
-    so one vectorised max per block, a top-k over the block maxima and a top-k over the
-    k·block candidates (gathered in index order, so ties resolve to the lower index as in
-    `tf.math.top_k`) give the same result. XLA's CPU top-k sorts whole rows: with it the
-    log-normaliser and top-ks of a 128-row beam step over 8,000 logits took 3.5 ms on 2
-    AVX2 cores, a third of the step; by blocks, 1.6 ms (`bench/step_profile.py`,
-    `best_extensions`).
-
-    Returns `(values [rows, k], indices [rows, k], block_max [rows, blocks])`; falls
-    back to `tf.math.top_k` (block_max None) when n is not static or has < k blocks.
+def block_maxima(logits, block=TOP_K_BLOCK):
+    """The maximum of each block of `block` tokens, `[rows, blocks]`, and the logits padded
+    with -inf to `blocks · block` tokens. Token `j · blocks + b` is entry j of block b:
+    taken across blocks rather than along them, the max is a reduction over a major axis,
+    which XLA's CPU backend vectorises over the blocks (0.13 ms over 128 × 8,000 logits
+    against 0.44 for contiguous blocks or a whole row, AMX Xeon, ad hoc).
 
     Example:
-    >>> x = tf.constant([[float(i % 97) for i in range(300)]])
-    >>> top_k_by_blocks(x, 3)[1].numpy()
-    array([[ 96, 193, 290]], dtype=int32)
+    >>> maxima, padded = block_maxima(tf.constant([[0., 5., 1., 2., 9.]]), block=2)
+    >>> maxima.numpy(), padded.shape
+    (array([[2., 9., 1.]], dtype=float32), TensorShape([1, 6]))
     """
-    n = values.shape[-1]
-    blocks = None if n is None else -(-n // block)
-    if blocks is None or blocks < k:
-        top = tf.math.top_k(values, k)
-        return top.values, top.indices, None
-    padded = tf.pad(values, [[0, 0], [0, blocks * block - n]], constant_values=float("-inf"))
-    by_block = tf.reshape(padded, [-1, blocks, block])                      # [rows, blocks, block]
-    block_max = tf.reduce_max(by_block, axis=-1)                            # [rows, blocks]
-    best_blocks = tf.sort(tf.math.top_k(block_max, k).indices, axis=-1)     # [rows, k]
-    candidates = tf.reshape(tf.gather(by_block, best_blocks, batch_dims=1), [-1, k * block])
-    top, position = tf.math.top_k(candidates, k)                            # [rows, k]
-    index = tf.gather(best_blocks, position // block, batch_dims=1) * block + position % block
-    return top, index, block_max
+    vocab = logits.shape[-1]
+    blocks = -(-vocab // block)
+    padded = tf.pad(logits, [[0, 0], [0, blocks * block - vocab]], constant_values=float("-inf"))
+    return tf.reduce_max(tf.reshape(padded, [-1, block, blocks]), axis=1), padded
 
 
-def _best_extensions(logits, alive_scores, t, limits, k):
+def _best_extensions(logits, alive_scores, t, limits, k, block=TOP_K_BLOCK):
     """The 2k best one-token extensions of a sentence's k beams: `(scores, beam, token)`,
     each `[batch, 2k]`, best first; score = beam score + log p(token).
 
-    The 2k best of all k·V extensions are among each beam's own 2k best tokens, so each
-    row of logits is read twice (top-k, log-normaliser) and never turned into a
-    log-softmax over the vocabulary, and the last top-k ranks k·2k candidates, not k·V.
-    The per-row top-2k goes by blocks (`top_k_by_blocks`), whose block maxima also give
-    the log-normaliser's maximum.
+    No log-softmax over the vocabulary and no top-k per beam: a (beam, block) pair bounds
+    its extensions by beam score + block max - log-normaliser, and the 2k best extensions
+    lie in the 2k pairs with the best bounds (any extension outside them is beaten by
+    those pairs' 2k maxima). So one top-k ranks the k · blocks pairs and one the
+    2k · block tokens they hold. XLA's CPU top-k costs ~10 ns an entry (a 128-row
+    beam step, ad hoc): 1,256 entries a sentence here against 2,056 for a top-2k per beam
+    then over the k · 2k (2.07 → ~1.2 ms for `bench/step_profile.py`'s best_extensions).
     """
     batch = tf.shape(alive_scores)[0]
-    top_logits, top_token, block_max = top_k_by_blocks(logits, 2 * k)       # [batch·k, 2k]
-    normaliser = _log_normaliser(logits, block_max)                         # [batch·k, 1]
-    # Where position t + 1 is a sentence's last allowed one, only eos may follow: the
-    # row's candidates become (eos, -inf, ..., -inf).
-    at_limit = tf.repeat(t + 1 >= limits, k)[:, None]                        # [batch·k, 1]
-    first = tf.equal(tf.range(2 * k), 0)[None, :]
-    eos_only = tf.where(first, logits[:, EOS_ID:EOS_ID + 1], _NEG_INF)
-    top_logits = tf.where(at_limit, eos_only, top_logits)
+    vocab = logits.shape[-1]
+    block = min(block, -(-vocab // 2))  # at least two blocks, so k · blocks ≥ 2k pairs
+    block_max, padded = block_maxima(logits, block)                         # [batch·k, blocks]
+    blocks = block_max.shape[-1]
+    offset = tf.reshape(alive_scores, [-1, 1]) - _log_normaliser(logits, block_max)
+    bound = tf.reshape(block_max + offset, [batch, k * blocks])
+    pair = tf.math.top_k(bound, 2 * k).indices                              # [batch, 2k]
+    beam = pair // blocks
+    token = (pair % blocks)[:, :, None] + blocks * tf.range(block)          # [batch, 2k, block]
+    entry = tf.reshape(beam[:, :, None] * (blocks * block) + token, [batch, 2 * k * block])
+    offset = tf.reshape(offset, [batch, k])
+    candidates = (tf.reshape(tf.gather(tf.reshape(padded, [batch, -1]), entry, batch_dims=1),
+                             [batch, 2 * k, block])
+                  + tf.gather(offset, beam, batch_dims=1)[:, :, None])
+    scores, index = tf.math.top_k(tf.reshape(candidates, [batch, 2 * k * block]), 2 * k)
+    top_beam = tf.gather(beam, index // block, batch_dims=1)
+    top_token = tf.gather(tf.reshape(token, [batch, -1]), index, batch_dims=1)
+    # Where position t + 1 is a sentence's last allowed one, only eos may follow: its
+    # extensions are the k beams' eos, best first, then nothing.
+    eos_scores, eos_beam = tf.math.top_k(tf.reshape(logits[:, EOS_ID], [batch, k]) + offset, k)
+    at_limit = (t + 1 >= limits)[:, None]
+    nothing = tf.fill([batch, k], _NEG_INF)
+    scores = tf.where(at_limit, tf.concat([eos_scores, nothing], axis=1), scores)
+    top_beam = tf.where(at_limit, tf.concat([eos_beam, tf.zeros_like(eos_beam)], 1), top_beam)
     top_token = tf.where(at_limit, EOS_ID, top_token)
-    candidates = tf.reshape(alive_scores, [-1, 1]) + top_logits - normaliser
-    scores, index = tf.math.top_k(tf.reshape(candidates, [batch, 2 * k * k]), 2 * k)
-    token = tf.gather(tf.reshape(top_token, [batch, 2 * k * k]), index, batch_dims=1)
-    return scores, index // (2 * k), token
+    return scores, top_beam, top_token
 
 
-def _log_normaliser(logits, block_max=None):
-    """log Σ exp(logits) over the last axis, `[rows, 1]`; `block_max` (from
-    `top_k_by_blocks`) spares the pass that finds each row's maximum."""
-    if block_max is None:
-        return tf.reduce_logsumexp(logits, axis=-1, keepdims=True)
+def _log_normaliser(logits, block_max):
+    """log Σ exp(logits) over the last axis, `[rows, 1]`, the row maximum taken from
+    `block_max`. The sum is a product with a column of ones: XLA's CPU backend fuses an
+    exp into a row sum without vectorising it (0.69 ms over 128 × 8,000 against 0.57 as
+    a product, ad hoc)."""
     row_max = tf.reduce_max(block_max, axis=-1, keepdims=True)
-    return row_max + tf.math.log(tf.reduce_sum(tf.exp(logits - row_max), axis=-1, keepdims=True))
+    ones = tf.ones([logits.shape[-1], 1], logits.dtype)
+    return row_max + tf.math.log(tf.matmul(tf.exp(logits - row_max), ones))
 
 
 def beam_search(model, source_ids, max_length, beam_size=4, alpha=0.6, max_extra_length=50,

@@ -31,30 +31,67 @@ def test_length_penalty_formula():
             assert abs(float(decoding.length_penalty(length, alpha)) - expected) < 1e-5
 
 
-@settings(max_examples=60, deadline=None)
-@given(rows=st.integers(1, 5), n=st.integers(1, 400), k=st.integers(1, 8),
-       levels=st.sampled_from([3, 50, 10**6]), seed=st.integers(0, 2**31 - 1))
-def test_top_k_by_blocks_equals_top_k(rows, n, k, levels, seed):
-    """Same values and indices as `tf.math.top_k`, ties (few levels) included, for any
-    width (padded last block, fewer blocks than k: the fallback)."""
-    k = min(k, n)
-    values = np.random.default_rng(seed).integers(0, levels, (rows, n)).astype(np.float32)
-    expected = tf.math.top_k(values, k)
-    top, index, block_max = decoding.top_k_by_blocks(tf.constant(values), k, block=16)
-    np.testing.assert_array_equal(top, expected.values)
-    np.testing.assert_array_equal(index, expected.indices)
-    if block_max is not None:
-        np.testing.assert_allclose(decoding._log_normaliser(values, block_max),
-                                   tf.reduce_logsumexp(values, -1, keepdims=True), rtol=1e-6)
+def _reference_extensions(logits, alive_scores, k):
+    """The 2k best of all k · V extensions, from a log-softmax over the vocabulary."""
+    batch, vocab = alive_scores.shape[0], logits.shape[-1]
+    log_probs = tf.nn.log_softmax(tf.constant(logits, tf.float64), axis=-1).numpy()
+    scores = (alive_scores.reshape(-1, 1) + log_probs).reshape(batch, k * vocab)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :2 * k]
+    return np.take_along_axis(scores, order, axis=1), order // vocab, order % vocab
 
 
-def test_top_k_by_blocks_under_xla():
-    values = tf.random.stateless_normal([128, 8000], (3, 4))
-    blocked = tf.function(lambda v: decoding.top_k_by_blocks(v, 8)[:2], jit_compile=True)
-    top, index = blocked(values)
-    expected = tf.math.top_k(values, 8)
-    np.testing.assert_array_equal(top, expected.values)
-    np.testing.assert_array_equal(index, expected.indices)
+@settings(max_examples=80, deadline=None)
+@given(batch=st.integers(1, 3), vocab=st.integers(4, 300), k=st.integers(1, 4),
+       levels=st.sampled_from([3, 50, None]), dead=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_best_extensions_equal_a_full_log_softmax(batch, vocab, k, levels, dead, seed):
+    """The 2k best extensions found through (beam, block) bounds are the 2k best of all
+    k · V, for any vocabulary (padded last block, as few as two blocks), ties (few logit levels)
+    and dead beams (-1e9, as at the first step) included."""
+    rng = np.random.default_rng(seed)
+    logits = (rng.normal(size=(batch * k, vocab)) * 4 if levels is None
+              else rng.integers(0, levels, (batch * k, vocab))).astype(np.float32)
+    alive = rng.normal(size=(batch, k)).astype(np.float32) - 3
+    if dead:
+        alive[:, 1:] = decoding._NEG_INF
+    limits = tf.fill([batch], 100)
+    scores, beam, token = (x.numpy() for x in decoding._best_extensions(
+        tf.constant(logits), tf.constant(alive), tf.constant(0), limits, k, block=16))
+    expected, expected_beam, expected_token = _reference_extensions(logits, alive, k)
+    np.testing.assert_allclose(scores, expected, rtol=1e-6, atol=1e-4)
+    # Each returned extension is scored as its beam and token say, each appears once.
+    log_probs = tf.nn.log_softmax(logits, axis=-1).numpy().reshape(batch, k, vocab)
+    rows = np.arange(batch)[:, None]
+    np.testing.assert_allclose(scores, alive[rows, beam] + log_probs[rows, beam, token],
+                               rtol=1e-6, atol=1e-4)
+    assert all(len(set(zip(b, t))) == 2 * k for b, t in zip(beam, token))
+    if levels is None:  # no ties (but among a dead beam's: -1e9 + log p rounds to -1e9)
+        real = expected > decoding._NEG_INF / 2
+        np.testing.assert_array_equal(beam[real], expected_beam[real])
+        np.testing.assert_array_equal(token[real], expected_token[real])
+
+
+def test_best_extensions_under_xla_and_at_the_limit():
+    """The main-job shape compiled (128 rows of 8,000 logits) equals the reference; a
+    sentence at its last allowed position gets its k beams' eos, best first, then
+    nothing."""
+    batch, k = 32, 4
+    logits = tf.random.stateless_normal([batch * k, 8000], (3, 4)) * 3
+    alive = tf.random.stateless_normal([batch, k], (5, 6)) - 3
+    limits = tf.concat([tf.fill([batch - 1], 100), [1]], axis=0)  # the last one: at t + 1
+    run = tf.function(lambda l, a: decoding._best_extensions(l, a, tf.constant(0), limits, k),
+                      jit_compile=True)
+    scores, beam, token = (x.numpy() for x in run(logits, alive))
+    expected, expected_beam, expected_token = _reference_extensions(logits.numpy(),
+                                                                    alive.numpy(), k)
+    np.testing.assert_allclose(scores[:-1], expected[:-1], rtol=1e-6, atol=1e-4)
+    np.testing.assert_array_equal(beam[:-1], expected_beam[:-1])
+    np.testing.assert_array_equal(token[:-1], expected_token[:-1])
+    log_probs = tf.nn.log_softmax(logits[-k:], axis=-1).numpy()[:, EOS_ID] + alive.numpy()[-1]
+    np.testing.assert_array_equal(token[-1], EOS_ID)
+    np.testing.assert_array_equal(beam[-1, :k], np.argsort(-log_probs, kind="stable"))
+    np.testing.assert_allclose(scores[-1, :k], np.sort(log_probs)[::-1], rtol=1e-6)
+    assert np.all(scores[-1, k:] <= decoding._NEG_INF)
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
