@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_transformer import decoding
 from keras_transformer.decoding_options import DecodingOptions
 from keras_transformer.export import litert
 from keras_transformer.export.settings import add_tflite_metadata
@@ -166,6 +167,31 @@ def test_quantized_models_are_smaller_and_translate(run_parts, edge_fp32, tmp_pa
     assert len(quantized) == 4 and all(isinstance(t, bytes) for t in quantized)
     assert sum(a == b for a, b in zip(fp32, quantized)) >= 2  # weights close to fp32
 
+
+
+def test_int8_conversion_leaves_the_beam_search_arithmetic_float32():
+    """Dynamic-range (int8) conversion quantizes weights and, at run time, their inputs.
+    The beam step's extension search has no weights and must come out of it exact: a
+    log-normaliser summed as a product with a column of ones had that column quantized
+    and the exps with it (off by ~1e-2)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    batch, k, vocab = 2, 4, 8000
+
+    @tf.function(input_signature=[tf.TensorSpec([batch * k, vocab]), tf.TensorSpec([batch, k])])
+    def search(logits, alive):
+        return decoding._best_extensions(logits, alive, tf.constant(0), tf.fill([batch], 99), k)
+
+    flatbuffer = convert_functions([search.get_concrete_function()], "int8")
+    logits = tf.random.stateless_normal([batch * k, vocab], (7, 8)) * 3
+    alive = tf.random.stateless_normal([batch, k], (9, 1)) - 3
+    expected = [x.numpy() for x in search(logits, alive)]
+    runner = Interpreter(model_content=flatbuffer).get_signature_runner()
+    got = runner(logits=logits.numpy(), alive=alive.numpy())
+    got = [got[name] for name in sorted(got)]  # output_0..2: scores, beam, token
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-6, atol=1e-5)
+    np.testing.assert_array_equal(got[1], expected[1])
+    np.testing.assert_array_equal(got[2], expected[2])
 
 def test_cli_exports_tflite_and_evaluates_it_in_litert(tiny_run, tmp_path):
     from keras_transformer import cli
