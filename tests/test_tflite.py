@@ -168,12 +168,11 @@ def test_quantized_models_are_smaller_and_translate(run_parts, edge_fp32, tmp_pa
     assert sum(a == b for a, b in zip(fp32, quantized)) >= 2  # weights close to fp32
 
 
-
 def test_int8_conversion_leaves_the_beam_search_arithmetic_float32():
     """Dynamic-range (int8) conversion quantizes weights and, at run time, their inputs.
     The beam step's extension search has no weights and must come out of it exact: a
     log-normaliser summed as a product with a column of ones had that column quantized
-    and the exps with it (off by ~1e-2)."""
+    and the exps with it (scores off by up to 0.16)."""
     from ai_edge_litert.interpreter import Interpreter
 
     batch, k, vocab = 2, 4, 8000
@@ -192,6 +191,7 @@ def test_int8_conversion_leaves_the_beam_search_arithmetic_float32():
     np.testing.assert_allclose(got[0], expected[0], rtol=1e-6, atol=1e-5)
     np.testing.assert_array_equal(got[1], expected[1])
     np.testing.assert_array_equal(got[2], expected[2])
+
 
 def test_cli_exports_tflite_and_evaluates_it_in_litert(tiny_run, tmp_path):
     from keras_transformer import cli
