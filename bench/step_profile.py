@@ -57,6 +57,12 @@ def build_model():
     return model
 
 
+def source_ids(batch):
+    """Random source token ids `[batch, SOURCE_LENGTH]` (seed 0), the parts' input."""
+    return tf.constant(np.random.default_rng(0).integers(
+        4, SHAPE["vocab_size"], (batch, SOURCE_LENGTH)), tf.int32)
+
+
 def _loop(steps, body, state):
     return tf.while_loop(lambda t, *rest: t < steps, body, (tf.constant(0), *state))
 
@@ -155,8 +161,7 @@ def main(argv=None):
 
     flags = cpu_flags()
     model = build_model()
-    source = tf.constant(np.random.default_rng(0).integers(
-        4, SHAPE["vocab_size"], (args.batch, SOURCE_LENGTH)), tf.int32)
+    source = source_ids(args.batch)
     rows = []
     for capacity in args.capacity:
         for name, fn in variants(model, args.batch, capacity, args.steps, args.weights).items():

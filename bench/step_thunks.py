@@ -11,8 +11,10 @@ TensorFlow op it came from. Events are summed per instruction and per kind:
     dot (batched)   dots with batch dimensions (the attention products)
     dot (2-D)       the projections ([rows, d] x [d, n])
     custom-call     XLA's TopK
-    fusion          loop and reduction fusions (elementwise work, softmax, reductions)
-    other           copies, reduce-windows, ...
+    fusion          loop and reduction fusions (elementwise work, softmax, reductions),
+                    and ops XLA wraps as a fusion of one (`wrapped_…`: the max pool's
+                    reduce-window, a pad, a log)
+    other           what runs outside any fusion (copies, small top-ks, ...)
 
 Microseconds per loop step (loop iterations = `--steps` x `--rounds`), the same shapes as
 step_profile (main-job model shape, random weights, 32 sentences x beam 4 = 128 rows).
@@ -100,11 +102,13 @@ def profile_part(fn, source, steps, rounds, top):
     logdir = tempfile.mkdtemp(prefix="step_thunks_")
     try:
         tf.profiler.experimental.start(logdir)
-        start = time.perf_counter()
-        for _ in range(rounds):
-            np.asarray(fn(source))
-        wall = time.perf_counter() - start
-        tf.profiler.experimental.stop()
+        try:
+            start = time.perf_counter()
+            for _ in range(rounds):
+                np.asarray(fn(source))
+            wall = time.perf_counter() - start
+        finally:
+            tf.profiler.experimental.stop()
         totals = thunk_times(logdir, instructions)
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
@@ -140,8 +144,7 @@ def main(argv=None):
     out = args.out or os.path.join(HERE, "results", f"step_thunks.{args.weights}.json")
 
     model = step_profile.build_model()
-    source = tf.constant(np.random.default_rng(0).integers(
-        4, step_profile.SHAPE["vocab_size"], (args.batch, step_profile.SOURCE_LENGTH)), tf.int32)
+    source = step_profile.source_ids(args.batch)
     variants = step_profile.variants(model, args.batch, args.capacity, args.steps, args.weights)
     unknown = sorted(set(args.parts) - set(variants))
     if unknown:
